@@ -1,0 +1,110 @@
+"""Turn validated rows into token sequences, once per run.
+
+A *sequence* is ``{"input_ids": [...], "labels": [...]}`` with ``labels == -100`` on tokens that
+are not scored (the prompt). Prompts go through the tokenizer's chat template when it has one
+(``data.chat_template=auto``); completions end with EOS. Sequences longer than ``data.max_length``
+are cut at the end of the completion (counted) or rejected (``data.on_overflow=error``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerBase
+
+from rlhf_lab.errors import DataError
+
+IGNORE = -100
+
+
+@dataclass
+class Truncation:
+    truncated: int = 0  # sequences whose completion was cut to fit
+    dropped: int = 0  # rows whose prompt alone fills max_length
+    rows: list[str] = field(default_factory=list)  # the first few rows affected, for the message
+
+
+def origin(row: dict) -> str:
+    """Where a row came from, for messages: '<file or dataset> row <n>'."""
+    return f"{row.get('_source', 'data')} row {row.get('_row', '?')}"
+
+
+class Encoder:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, chat_template: str = "auto", on_overflow: str = "truncate"):
+        if on_overflow not in ("truncate", "error"):
+            raise DataError(f"data.on_overflow must be 'truncate' or 'error', got '{on_overflow}'.")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.use_chat = chat_template == "auto" and getattr(tokenizer, "chat_template", None) is not None
+        self.on_overflow = on_overflow
+        self.truncation = Truncation()
+
+    def prompt_texts(self, prompts: list) -> list[str]:
+        """Prompt strings exactly as the model sees them before its answer (used by generation too)."""
+        out = []
+        for prompt in prompts:
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            if self.use_chat:
+                out.append(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            else:
+                out.append(prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in messages))
+        return out
+
+    def prompt_ids(self, prompts: list) -> list[list[int]]:
+        texts = self.prompt_texts(prompts)
+        return self.tokenizer(texts, add_special_tokens=not self.use_chat)["input_ids"]
+
+    def completion_ids(self, completions: list) -> list[list[int]]:
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        eos = [self.tokenizer.eos_token_id]
+        return [ids + eos for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def sequence(self, prompt: list[int], completion: list[int], row: dict) -> dict | None:
+        """Prompt + completion with the prompt masked; None when nothing of the completion fits."""
+        overflow = len(prompt) + len(completion) - self.max_length
+        if overflow > 0:
+            if self.on_overflow == "error":
+                raise DataError(
+                    f"{origin(row)}: {len(prompt) + len(completion)} tokens exceed data.max_length={self.max_length} "
+                    "(set data.on_overflow=truncate to cut it)."
+                )
+            if len(self.truncation.rows) < 5:
+                self.truncation.rows.append(origin(row))
+            if len(prompt) >= self.max_length:
+                self.truncation.dropped += 1
+                return None
+            self.truncation.truncated += 1
+            completion = completion[: len(completion) - overflow]
+        return {"input_ids": prompt + completion, "labels": [IGNORE] * len(prompt) + completion}
+
+    def sft(self, rows: list[dict]) -> list[dict]:
+        """One sequence per row: the prompt (or all turns before the last) then the answer."""
+        prompts = [r["messages"][:-1] if r.get("messages") else r["prompt"] for r in rows]
+        answers = [r["messages"][-1]["content"] if r.get("messages") else r["completion"] for r in rows]
+        features = []
+        for row, p, c in zip(rows, self.prompt_ids(prompts), self.completion_ids(answers)):
+            seq = self.sequence(p, c, row)
+            if seq is not None:
+                features.append({"sequences": [seq]})
+        return features
+
+    def preference(self, rows: list[dict]) -> list[dict]:
+        """Two sequences per row, chosen then rejected, sharing the prompt tokens."""
+        prompts = self.prompt_ids([r["prompt"] for r in rows])
+        chosen = self.completion_ids([r["chosen"] for r in rows])
+        rejected = self.completion_ids([r["rejected"] for r in rows])
+        features = []
+        for row, p, c, r in zip(rows, prompts, chosen, rejected):
+            pair = [self.sequence(p, c, row), self.sequence(p, r, row)]
+            if None not in pair:
+                features.append({"sequences": pair})
+        return features
+
+    def report(self) -> str | None:
+        t = self.truncation
+        if not (t.truncated or t.dropped):
+            return None
+        return (
+            f"{t.truncated} sequence(s) truncated to data.max_length={self.max_length} and {t.dropped} row(s) dropped "
+            f"because the prompt alone fills it (first rows: {t.rows})."
+        )

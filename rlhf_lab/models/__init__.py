@@ -1,0 +1,129 @@
+"""Model loading: the embedded tiny model, any Hugging Face causal LM (hub id or local directory),
+optional LoRA, and an atomic ``save_pretrained`` export.
+
+Objectives receive a ``ModelFactory`` and ask it for what they need (policy, frozen reference,
+reward model), so loading stays in one place and an objective never reads files itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf_lab.config import ModelConfig
+from rlhf_lab.errors import ConfigError
+
+TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _location(cfg: ModelConfig) -> str:
+    if cfg.source == "tiny":
+        return str(TINY_DIR)
+    if cfg.source == "hf":
+        return cfg.name_or_path
+    raise ConfigError(f"model.source must be 'tiny' or 'hf', got '{cfg.source}'.")
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    location = _location(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(location, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Decoder-only checkpoints often ship without a pad token; padding is masked out anyway.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _dtype(cfg: ModelConfig) -> torch.dtype:
+    try:
+        return DTYPES[cfg.dtype]
+    except KeyError:
+        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got '{cfg.dtype}'.") from None
+
+
+def load_causal_lm(cfg: ModelConfig, *, lora: bool = True) -> PreTrainedModel:
+    """The policy as configured: tiny (seeded random init) or pretrained weights, plus LoRA if asked."""
+    kwargs = {"dtype": _dtype(cfg)}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.source == "tiny":
+        config = AutoConfig.from_pretrained(TINY_DIR)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            model = AutoModelForCausalLM.from_config(config, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            _location(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs
+        )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora and cfg.lora.r > 0:
+        model = apply_lora(model, cfg)
+    return model
+
+
+def apply_lora(model: PreTrainedModel, cfg: ModelConfig):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("model.lora.r > 0 needs peft: pip install 'rlhf_lab[lora]'.") from None
+    targets = cfg.lora.target_modules
+    peft_cfg = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=targets[0] if list(targets) == ["all-linear"] else list(targets),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def frozen(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+class ModelFactory:
+    """Builds the models an objective asks for, from the ``model`` config."""
+
+    def __init__(self, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+
+    def policy(self) -> PreTrainedModel:
+        return load_causal_lm(self.cfg)
+
+    def reference(self) -> PreTrainedModel:
+        """A frozen copy of the initial policy (without LoRA)."""
+        return frozen(load_causal_lm(self.cfg, lora=False))
+
+
+def unwrap(model):
+    """The plain transformers model under a peft wrapper (LoRA layers stay in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def export_pretrained(model, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+    """``save_pretrained`` (safetensors) into ``out_dir`` atomically: write beside it, then rename.
+
+    LoRA adapters are merged so that plain ``AutoModelForCausalLM.from_pretrained`` loads the result.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists; refusing to overwrite an exported model.")
+    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir

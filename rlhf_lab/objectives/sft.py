@@ -1,0 +1,44 @@
+"""Instruction fine-tuning (SFT): next-token cross-entropy on completion tokens only.
+
+    L(theta) = - (1 / |C|) * sum_{t in C} log p_theta(y_t | x, y_<t)
+
+where C is the set of completion tokens in the batch (prompt tokens are masked, padding is never
+computed with a padding-free batch). Instruction tuning on many tasks is this loss over a mixture
+of task sources (``data=mixture``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rlhf_lab import hookimpl
+from rlhf_lab.config import ObjectiveConfig
+from rlhf_lab.models.lm import score_labels
+from rlhf_lab.objectives.base import Objective
+
+
+@dataclass
+class SFTConfig(ObjectiveConfig):
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+
+
+class SFT(Objective):
+    data_format = "sft"
+
+    def __init__(self, cfg: SFTConfig, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.policy = self.models.policy()
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        scored = score_labels(self.policy, batch, self.models.cfg.sparse_head)
+        loss = F.cross_entropy(scored.logits.float(), scored.targets, label_smoothing=self.cfg.label_smoothing)
+        accuracy = (scored.logits.argmax(-1) == scored.targets).float().mean()
+        return loss, {"token_accuracy": accuracy}
+
+
+@hookimpl
+def rlhf_lab_add_objectives(register):
+    register.add_objective("sft", SFT, SFTConfig)

@@ -1,0 +1,165 @@
+"""Trainer assembly: strategy and precision from ``trainer``, atomic checkpoints, throughput and
+progress callbacks, the output-directory guard and ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.experimental.callback import Callback as HydraCallback
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from omegaconf import DictConfig
+
+from rlhf_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+RUN_ARTIFACTS = ("summary.json", "model", "checkpoints")
+
+
+class OutputDirGuard(HydraCallback):
+    """Refuse to start in an output directory that already holds a run: nothing is overwritten."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(Path(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(Path(config.hydra.sweep.dir))
+
+    @staticmethod
+    def _check(path: Path) -> None:
+        if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+            return  # a process started by the launcher of rank 0's run joins that run
+        if path.exists() and any(path.iterdir()):
+            raise FileExistsError(
+                f"Output directory {path} already holds a run; rlhf_lab never overwrites one. "
+                "Choose another hydra.run.dir / hydra.sweep.dir, or remove it."
+            )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint beside its target, then rename: a kill never leaves a torn file."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+class Throughput(Callback):
+    """Samples and non-padding tokens per second over the training steps (data loading included)."""
+
+    def __init__(self) -> None:
+        self.samples = self.tokens = 0
+        self.start: float | None = None
+        self.elapsed = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.samples += batch["num_samples"]
+        self.tokens += batch["num_tokens"]
+        self.elapsed = time.perf_counter() - self.start
+
+    def figures(self, world_size: int) -> dict[str, float]:
+        if not self.elapsed:
+            return {}
+        return {
+            "train_samples_per_s": world_size * self.samples / self.elapsed,
+            "train_tokens_per_s": world_size * self.tokens / self.elapsed,
+            "train_time_s": self.elapsed,
+        }
+
+
+class StepPrinter(Callback):
+    """A line every tenth of the run when there is no progress bar (logs, CI)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, total = trainer.global_step, trainer.max_steps
+        every = max(1, total // 10)
+        if trainer.is_global_zero and step % every == 0 and step != getattr(self, "_last", None):
+            self._last = step
+            loss = trainer.callback_metrics.get("train/loss")
+            shown = f"{float(loss):.4f}" if loss is not None else "n/a"
+            print(f"step {step}/{total}  train/loss {shown}", flush=True)
+
+
+def progress_bar_wanted(setting: bool | None) -> bool:
+    if setting is not None:
+        return setting
+    return sys.stdout.isatty() and not os.environ.get("CI")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, extra_callbacks: list) -> tuple[L.Trainer, Throughput]:
+    t = cfg.trainer
+    throughput = Throughput()
+    callbacks = [throughput, *extra_callbacks]
+    if t.save_checkpoint:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="step{step:06d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=t.checkpoint_every_n_steps or t.max_steps,
+                save_top_k=1,  # without a monitor: keep the newest only
+                save_last=True,
+            )
+        )
+    show_bar = progress_bar_wanted(t.progress_bar)
+    callbacks.append(RichProgressBar() if show_bar else StepPrinter())
+    if t.strategy not in ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"):
+        raise ConfigError(f"trainer.strategy '{t.strategy}' is not supported.")
+    trainer = L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None if t.val_check_interval else 1,
+        limit_val_batches=t.limit_val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip,
+        deterministic=t.deterministic,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=show_bar,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+    )
+    return trainer, throughput
+
+
+def peak_memory() -> dict[str, float]:
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def metric_values(trainer: L.Trainer) -> dict[str, float]:
+    merged = {**trainer.logged_metrics, **trainer.callback_metrics}
+    return {k: float(v) for k, v in sorted(merged.items()) if "/" in k}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
