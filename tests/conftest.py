@@ -1,0 +1,85 @@
+"""Shared fixtures: the tiny tokenizer and model, a saved model directory, and a CLI runner that
+starts ``python -m rlhf_lab`` as a real subprocess in its own output directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_env():
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("CI", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from rlhf_lab.config import ModelConfig
+    from rlhf_lab.models import load_tokenizer
+
+    return load_tokenizer(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """The embedded tiny model saved with save_pretrained: a stand-in for a hub checkpoint."""
+    from rlhf_lab.config import ModelConfig
+    from rlhf_lab.models import load_causal_lm
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    load_causal_lm(ModelConfig()).save_pretrained(out)
+    tiny_tokenizer.save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    run_dir: Path
+
+    @property
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(run_dir: Path, *overrides: str, cwd: Path | None = None, env: dict | None = None, module: str = "rlhf_lab", timeout: int = 600) -> CliResult:
+    """``python -m rlhf_lab`` with quick defaults (csv logger, few steps) unless overridden."""
+    args = [sys.executable, "-m", module, f"hydra.run.dir={run_dir}", *overrides]
+    full_env = {**os.environ, "CI": "1", "WANDB_MODE": "offline", **(env or {})}
+    proc = subprocess.run(args, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, Path(run_dir))
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """``cli(*overrides)`` runs the real CLI in a fresh run dir under tmp_path."""
+    counter = iter(range(1000))
+
+    def _run(*overrides: str, **kwargs) -> CliResult:
+        return run_cli(tmp_path / f"run{next(counter)}", *overrides, **kwargs)
+
+    return _run
