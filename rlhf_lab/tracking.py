@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -77,3 +78,44 @@ def finish_wandb() -> None:
 
     if wandb.run is not None:
         wandb.finish()
+
+
+def read_wandb_run(path: Path) -> dict:
+    """Read an offline W&B run file (``run-<id>.wandb``) back: its config, history rows and summary.
+
+    The file is a LevelDB-style log (32 KiB blocks of CRC-framed chunks) of protobuf ``Record``s
+    after a 7-byte W&B header. Used by tests and reports to check what a run really logged.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    block, pos, pending, payloads = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            break
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # FULL or LAST completes a record
+            payloads.append(pending)
+    out: dict = {"config": {}, "history": [], "summary": {}}
+    for payload in payloads:
+        record = pb.Record()
+        record.ParseFromString(payload)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            out["history"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+        elif kind == "summary":
+            out["summary"].update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update})
+        elif kind == "config":
+            out["config"].update({item.key: json.loads(item.value_json) for item in record.config.update})
+        elif kind == "run":
+            out["config"].update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+            out["run"] = {"group": record.run.run_group, "job_type": record.run.job_type, "name": record.run.display_name}
+    return out

@@ -26,7 +26,10 @@ RUN_ARTIFACTS = ("summary.json", "model", "checkpoints")
 
 
 class OutputDirGuard(HydraCallback):
-    """Refuse to start in an output directory that already holds a run: nothing is overwritten."""
+    """Refuse to start in an output directory that already holds a run: nothing is overwritten.
+
+    Hydra turns exceptions raised in callbacks into warnings, so this exits with SystemExit.
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(Path(config.hydra.run.dir))
@@ -39,10 +42,12 @@ class OutputDirGuard(HydraCallback):
         if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
             return  # a process started by the launcher of rank 0's run joins that run
         if path.exists() and any(path.iterdir()):
-            raise FileExistsError(
-                f"Output directory {path} already holds a run; rlhf_lab never overwrites one. "
-                "Choose another hydra.run.dir / hydra.sweep.dir, or remove it."
+            print(
+                f"rlhf_lab: error: output directory {path} already holds a run; rlhf_lab never overwrites one. "
+                "Choose another hydra.run.dir / hydra.sweep.dir, or remove it.",
+                file=sys.stderr,
             )
+            raise SystemExit(1)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -102,6 +107,20 @@ def progress_bar_wanted(setting: bool | None) -> bool:
     return sys.stdout.isatty() and not os.environ.get("CI")
 
 
+def build_strategy(t: DictConfig):
+    """``fsdp`` means FSDP2: Lightning's ModelParallelStrategy with per-block ``fully_shard``
+    (Objective.configure_model). It runs with gloo on CPU as well as NCCL on GPUs; the legacy
+    FSDP strategy runs on CUDA only."""
+    if t.strategy == "fsdp":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        world = t.num_nodes * (t.devices if isinstance(t.devices, int) else len(t.devices))
+        return ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=False)
+    if t.strategy not in ("auto", "ddp", "ddp_spawn", "deepspeed"):
+        raise ConfigError(f"trainer.strategy must be auto, ddp, ddp_spawn, fsdp or deepspeed, got '{t.strategy}'.")
+    return t.strategy
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, extra_callbacks: list) -> tuple[L.Trainer, Throughput]:
     t = cfg.trainer
     throughput = Throughput()
@@ -119,13 +138,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, extra_callbacks
         )
     show_bar = progress_bar_wanted(t.progress_bar)
     callbacks.append(RichProgressBar() if show_bar else StepPrinter())
-    if t.strategy not in ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"):
-        raise ConfigError(f"trainer.strategy '{t.strategy}' is not supported.")
     trainer = L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=build_strategy(t),
         precision=t.precision,
         max_steps=t.max_steps,
         max_epochs=t.max_epochs,
@@ -142,6 +159,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, extra_callbacks
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=show_bar,
         enable_model_summary=False,
+        enable_checkpointing=t.save_checkpoint,
         default_root_dir=run_dir,
     )
     return trainer, throughput

@@ -70,6 +70,7 @@ def run_cli(run_dir: Path, *overrides: str, cwd: Path | None = None, env: dict |
     """``python -m rlhf_lab`` with quick defaults (csv logger, few steps) unless overridden."""
     args = [sys.executable, "-m", module, f"hydra.run.dir={run_dir}", *overrides]
     full_env = {**os.environ, "CI": "1", "WANDB_MODE": "offline", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # env={"X": None} unsets X
     proc = subprocess.run(args, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     return CliResult(proc.returncode, proc.stdout, proc.stderr, Path(run_dir))
 

@@ -2,19 +2,24 @@
 
 The LM head is applied only at positions whose next token is scored (completion tokens), which
 is where an objective's loss lives. For a 50k-vocabulary model this removes most of the memory
-and time of the head. Models whose head is not a plain linear layer on the last hidden state
-(logit soft-capping, logit scaling) fall back to the full forward pass.
+and time of the head. It goes through the model's own forward (transformers' boolean
+``logits_to_keep`` mask), so soft-capping, logit scaling, LoRA and FSDP hooks all still apply;
+models without that argument fall back to full logits.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers.modeling_utils
 
 from rlhf_lab.data.tokenize import IGNORE
 from rlhf_lab.models import unwrap
+
+_MASK_SLICING = hasattr(transformers.modeling_utils, "slice_logits_to_keep")  # boolean logits_to_keep (transformers 5)
 
 
 @dataclass
@@ -36,22 +41,18 @@ class Scored:
         return self.per_sequence(torch.ones_like(self.targets, dtype=torch.float32), num_sequences)
 
 
-def _head_is_plain(model) -> bool:
-    base = unwrap(model)
-    config = base.config
-    return getattr(config, "final_logit_softcapping", None) is None and not hasattr(base, "logit_scale")
+def supports_sparse_head(model) -> bool:
+    return _MASK_SLICING and "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters
 
 
 def score_labels(model, batch: dict, sparse_head: bool = True) -> Scored:
     """Logits at every position whose next token has a label (labels != -100)."""
     labels = batch["labels"]
-    targets_full = labels[:, 1:]  # (B, T-1): the token each position predicts
-    where = targets_full != IGNORE  # (B, T-1)
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
-    base = unwrap(model)
-    if sparse_head and _head_is_plain(model):
-        hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
-        logits = base.get_output_embeddings()(hidden[:, :-1][where])  # (N, V)
+    where = labels[:, 1:] != IGNORE  # (B, T-1): positions whose next token is scored
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False)
+    if sparse_head and supports_sparse_head(model):
+        keep = torch.nn.functional.pad(where, (0, 1), value=False)  # (B, T)
+        logits = model(**inputs, logits_to_keep=keep).logits  # (N, V)
     else:
-        logits = model(**inputs, use_cache=False).logits[:, :-1][where]  # (N, V)
-    return Scored(logits=logits, targets=targets_full[where], seq_ids=batch["seq_ids"][:, :-1][where])
+        logits = model(**inputs).logits[:, :-1][where]  # (N, V)
+    return Scored(logits=logits, targets=labels[:, 1:][where], seq_ids=batch["seq_ids"][:, :-1][where])

@@ -7,18 +7,22 @@ validation steps, logging, optimisers and export are shared here.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
-from transformers import PreTrainedTokenizerBase
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lab.config import ObjectiveConfig, OptimConfig
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.models import ModelFactory, export_pretrained
+from rlhf_lab.models import ModelFactory, export_pretrained, unwrap
+
+log = logging.getLogger(__name__)
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):
@@ -85,5 +89,36 @@ class Objective(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_model(self) -> None:
+        """FSDP2 (``trainer=fsdp``, Lightning's ModelParallelStrategy): shard every transformer
+        block of every model this system holds (policy, reference, reward, value), then the rest of
+        each model. Frozen models are sharded the same way and hold no optimiser state."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        for name, model in self.named_children():
+            if isinstance(unwrap(model), PreTrainedModel):
+                blocks = shard_fsdp2(model, mesh["data_parallel"])
+                log.info("FSDP2: %s sharded as %d blocks + root over %d ranks", name, blocks, mesh["data_parallel"].size())
+
     def export(self, out_dir: Path) -> Path:
-        return export_pretrained(self.trained_model, self.tokenizer, out_dir)
+        """Save ``trained_model`` on rank 0; call it on every rank (FSDP gathers the full weights)."""
+        model = self.trained_model
+        state_dict = None
+        if isinstance(model, FSDPModule):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.trainer.is_global_zero:
+            export_pretrained(model, self.tokenizer, out_dir, state_dict=state_dict)
+        return out_dir
+
+
+def shard_fsdp2(model: torch.nn.Module, mesh) -> int:
+    """``fully_shard`` each block named in the model's ``_no_split_modules``, then the whole model."""
+    block_types = set(getattr(unwrap(model), "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in block_types]
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return len(blocks)

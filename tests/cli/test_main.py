@@ -1,0 +1,101 @@
+"""Whole-process runs of ``python -m rlhf_lab``: outputs, W&B read back, bad input, no overwrite."""
+
+import glob
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlhf_lab.tracking import read_wandb_run
+from tests.conftest import write_jsonl
+
+QUICK = ("trainer.max_steps=12", "data.num_rows=200", "trainer.log_every_n_steps=2")
+
+
+def wandb_runs(run_dir):
+    return [read_wandb_run(p) for p in sorted(glob.glob(str(run_dir / "wandb" / "*-run-*" / "run-*.wandb")))]
+
+
+def test_default_job_trains_exports_and_logs_to_offline_wandb(cli, tmp_path):
+    no_credentials = {"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(tmp_path), "NETRC": None}
+    res = cli(*QUICK, env=no_credentials)
+    assert res.returncode == 0, res.output
+    s = res.summary
+    for key in ("train/loss", "train/token_accuracy", "val/loss", "val/token_accuracy", "train_samples_per_s",
+                "train_tokens_per_s", "wall_s", "peak_rss_mb"):
+        assert key in s, key
+    assert s["global_step"] == 12 and s["objective"] == "sft"
+    assert (res.run_dir / ".hydra" / "config.yaml").exists()
+    assert (res.run_dir / "checkpoints" / "last.ckpt").exists()
+    model = AutoModelForCausalLM.from_pretrained(res.run_dir / "model")
+    assert (res.run_dir / "model" / "model.safetensors").exists() and model.config.vocab_size == 512
+
+    [run] = wandb_runs(res.run_dir)
+    assert run["run"]["job_type"] == "sft" and run["run"]["group"] == "default"
+    assert run["config"]["objective"]["name"] == "sft" and run["config"]["trainer"]["max_steps"] == 12
+    losses = [row["train/loss"] for row in run["history"] if "train/loss" in row]
+    assert len(losses) == 6 and losses[-1] == pytest.approx(s["train/loss"])
+    assert run["summary"]["val/loss"] == pytest.approx(s["val/loss"])
+    assert "W&B: no credentials found, logging offline" in res.output
+
+
+def test_csv_logger_writes_metrics_csv(cli):
+    res = cli(*QUICK, "logger=csv", "trainer.save_checkpoint=false", "export=false")
+    assert res.returncode == 0, res.output
+    header = (res.run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/loss", "step"} <= set(header)
+    assert not (res.run_dir / "checkpoints").exists() and not (res.run_dir / "model").exists()
+    assert not glob.glob(str(res.run_dir / "wandb"))
+
+
+def test_training_from_a_local_hf_directory_with_lora(cli, tiny_model_dir):
+    res = cli(*QUICK, "logger=none", "model=hf", f"model.name_or_path={tiny_model_dir}", "model.lora.r=4", "optim.lr=1e-3")
+    assert res.returncode == 0, res.output
+    exported = AutoModelForCausalLM.from_pretrained(res.run_dir / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    changed = [n for n, p in exported.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all("proj" in n for n in changed)  # merged adapters changed the linear layers only
+
+
+def test_malformed_data_stops_before_training_naming_file_and_row(cli, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": ""}])
+    res = cli("data=jsonl", f"data.path={bad}", "logger=csv")
+    assert res.returncode == 1
+    assert f"{bad} row 2: field 'completion' is empty" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (res.run_dir / "summary.json").exists() and not (res.run_dir / "metrics.csv").exists()
+
+
+def test_unknown_key_exits_nonzero_naming_it(cli):
+    res = cli("objective.bta=0.1")
+    assert res.returncode != 0 and "bta" in res.output
+
+
+def test_an_output_directory_is_never_overwritten(cli, tmp_path):
+    first = cli(*QUICK, "logger=csv", "export=false")
+    assert first.returncode == 0, first.output
+    before = (first.run_dir / "summary.json").read_text()
+    again = cli(*QUICK, "logger=csv", f"hydra.run.dir={first.run_dir}")
+    assert again.returncode != 0 and "already holds a run" in again.output
+    assert (first.run_dir / "summary.json").read_text() == before
+    assert not (first.run_dir / "model").exists()
+
+
+def test_help_and_cfg(cli):
+    help_text = cli("--help").stdout
+    for group in ("data:", "model: hf, tiny", "objective:", "optim:", "trainer:", "logger: csv, none, tensorboard, wandb"):
+        assert group in help_text, group
+    cfg = cli("--cfg", "job", "objective=sft", "optim.lr=0.5").stdout
+    assert "lr: 0.5" in cfg and "name: sft" in cfg
+
+
+def test_multirun_jobs_are_separate_wandb_runs_in_one_group(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    res = cli("-m", *QUICK, "trainer.max_steps=3", "optim.lr=1e-3,2e-3", "export=false", "trainer.save_checkpoint=false",
+              f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.output
+    runs = [wandb_runs(sweep / str(i))[0] for i in range(2)]
+    assert [r["config"]["optim"]["lr"] for r in runs] == [1e-3, 2e-3]
+    assert runs[0]["run"]["group"] == runs[1]["run"]["group"] != "default"
+    assert all(json.loads((sweep / str(i) / "summary.json").read_text())["global_step"] == 3 for i in range(2))

@@ -1,0 +1,85 @@
+"""Prompt masking, EOS, chat templates, truncation and the two batch layouts."""
+
+import pytest
+
+from rlhf_lab.data.collate import LengthGroupedSampler, pad_collate, packed_collate
+from rlhf_lab.data.tokenize import IGNORE, Encoder
+from rlhf_lab.errors import DataError
+
+ROWS = [
+    {"prompt": "What is 2 + 3?", "completion": "5", "_source": "f.jsonl", "_row": 1},
+    {"prompt": "Reverse the word: apple", "completion": "elppa", "_source": "f.jsonl", "_row": 2},
+]
+
+
+def test_prompt_is_masked_and_completion_ends_with_eos(tiny_tokenizer):
+    enc = Encoder(tiny_tokenizer, max_length=64)
+    seq = enc.sft(ROWS[:1])[0]["sequences"][0]
+    prompt_ids = enc.prompt_ids([ROWS[0]["prompt"]])[0]
+    n = len(prompt_ids)
+    assert seq["input_ids"][:n] == prompt_ids
+    assert seq["labels"][:n] == [IGNORE] * n
+    assert seq["labels"][n:] == seq["input_ids"][n:]
+    assert seq["input_ids"][-1] == tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode(seq["input_ids"][n:-1]) == "5"
+
+
+def test_chat_template_is_used_when_the_tokenizer_has_one(tiny_tokenizer):
+    assert Encoder(tiny_tokenizer, 64).prompt_texts(["hi"]) == ["<|user|>\nhi\n<|assistant|>\n"]
+    assert Encoder(tiny_tokenizer, 64, chat_template="never").prompt_texts(["hi"]) == ["hi"]
+
+
+def test_messages_rows_use_all_turns_before_the_answer(tiny_tokenizer):
+    chat = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    enc = Encoder(tiny_tokenizer, 64)
+    seq = enc.sft([{"messages": chat}])[0]["sequences"][0]
+    text = tiny_tokenizer.decode(seq["input_ids"])
+    assert text == "<|user|>\na\n<|assistant|>\nb<|eos|>\n<|user|>\nc\n<|assistant|>\nd<|eos|>"
+    scored = [t for t, lab in zip(seq["input_ids"], seq["labels"]) if lab != IGNORE]
+    assert tiny_tokenizer.decode(scored) == "d<|eos|>"
+
+
+def test_truncation_is_counted_and_prompt_only_rows_dropped(tiny_tokenizer):
+    enc = Encoder(tiny_tokenizer, max_length=12)
+    long_row = {"prompt": "hi", "completion": "word " * 40}
+    huge_prompt = {"prompt": "word " * 40, "completion": "x"}
+    features = enc.sft([long_row, huge_prompt])
+    assert len(features) == 1 and len(features[0]["sequences"][0]["input_ids"]) == 12
+    assert (enc.truncation.truncated, enc.truncation.dropped) == (1, 1)
+    assert "1 sequence(s) truncated" in enc.report()
+
+
+def test_overflow_error_names_the_row(tiny_tokenizer):
+    enc = Encoder(tiny_tokenizer, max_length=13, on_overflow="error")  # row 1 takes exactly 13
+    with pytest.raises(DataError, match=r"f.jsonl row 2: \d+ tokens exceed data.max_length=13"):
+        enc.sft([{**ROWS[0], "completion": "5"}, ROWS[1]])
+
+
+def test_padded_and_packed_batches_hold_the_same_tokens(tiny_tokenizer):
+    features = Encoder(tiny_tokenizer, 64).sft(ROWS)
+    padded = pad_collate(features, tiny_tokenizer.pad_token_id)
+    packed = packed_collate(features)
+    lengths = [len(f["sequences"][0]["input_ids"]) for f in features]
+    assert padded["input_ids"].shape == (2, max(lengths))
+    assert packed["input_ids"].shape == (1, sum(lengths))
+    assert padded["num_tokens"] == packed["num_tokens"] == sum(lengths)
+    assert packed["position_ids"][0, lengths[0]].item() == 0  # positions restart per sequence
+    assert packed["labels"][0, lengths[0]].item() == IGNORE  # never predict across sequences
+    assert padded["input_ids"][padded["attention_mask"].bool()].tolist() == packed["input_ids"][0].tolist()
+
+
+def test_pairs_are_laid_out_chosen_then_rejected(tiny_tokenizer):
+    rows = [{"prompt": "p1", "chosen": "a", "rejected": "b"}, {"prompt": "p2", "chosen": "c", "rejected": "d"}]
+    batch = pad_collate(Encoder(tiny_tokenizer, 64).preference(rows), tiny_tokenizer.pad_token_id)
+    answers = [tiny_tokenizer.decode([t for t, lab in zip(ids, labs) if lab != IGNORE][:-1]) for ids, labs in zip(batch["input_ids"].tolist(), batch["labels"].tolist())]
+    assert answers == ["a", "c", "b", "d"] and batch["num_samples"] == 2
+
+
+def test_length_grouped_sampler_is_a_seeded_permutation_with_similar_lengths():
+    lengths = [i % 37 for i in range(400)]
+    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(400))
+    spreads = [max(lengths[i] for i in order[j:j + 8]) - min(lengths[i] for i in order[j:j + 8]) for j in range(0, 400, 8)]
+    assert sum(spreads) / len(spreads) < 3  # random batches would spread ~30
+    assert list(LengthGroupedSampler(lengths, 8, seed=3)) == order

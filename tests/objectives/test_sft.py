@@ -1,0 +1,79 @@
+"""SFT loss against cross-entropy computed by hand over completion tokens only."""
+
+import math
+
+import pytest
+import torch
+
+from rlhf_lab.config import ModelConfig, OptimConfig
+from rlhf_lab.data.collate import pad_collate, packed_collate
+from rlhf_lab.data.tokenize import IGNORE, Encoder
+from rlhf_lab.models import ModelFactory
+from rlhf_lab.objectives.sft import SFT, SFTConfig
+
+ROWS = [
+    {"prompt": "What is 2 + 3?", "completion": "5"},
+    {"prompt": "Reverse the word: apple", "completion": "elppa"},
+    {"prompt": "Sort: 3 1 2", "completion": "1 2 3"},
+]
+
+
+def make_sft(tokenizer, **model_kwargs) -> SFT:
+    return SFT(SFTConfig(name="sft"), models=ModelFactory(ModelConfig(**model_kwargs), tokenizer), tokenizer=tokenizer, optim=OptimConfig())
+
+
+def hand_cross_entropy(model, batch) -> float:
+    """Loop over every position whose next token is a completion token; average -log p."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    terms = []
+    for b in range(batch["input_ids"].shape[0]):
+        for t in range(batch["input_ids"].shape[1] - 1):
+            target = batch["labels"][b, t + 1].item()
+            if target != IGNORE:
+                terms.append(-torch.log_softmax(logits[b, t], dim=-1)[target].item())
+    return sum(terms) / len(terms)
+
+
+@pytest.fixture(scope="module")
+def features(tiny_tokenizer):
+    return Encoder(tiny_tokenizer, max_length=64).sft(ROWS)
+
+
+def test_loss_is_cross_entropy_on_completion_tokens_only(tiny_tokenizer, features):
+    sft = make_sft(tiny_tokenizer)
+    batch = pad_collate(features, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss, metrics = sft.compute_loss(batch)
+    assert loss.item() == pytest.approx(hand_cross_entropy(sft.policy, batch), rel=1e-5)
+    assert 0.0 <= metrics["token_accuracy"].item() <= 1.0
+
+
+def test_prompt_tokens_do_not_change_the_loss_gradient_target(tiny_tokenizer, features):
+    """Masking: relabelling a prompt token leaves the loss unchanged (it is never scored)."""
+    sft = make_sft(tiny_tokenizer)
+    batch = pad_collate(features, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = sft.compute_loss(batch)[0]
+        batch["labels"][0, 1] = IGNORE  # already masked prompt token
+        after = sft.compute_loss(batch)[0]
+    assert before.item() == after.item()
+
+
+def test_padding_free_and_full_head_give_the_same_loss(tiny_tokenizer, features):
+    sft = make_sft(tiny_tokenizer)
+    full = make_sft(tiny_tokenizer, sparse_head=False)
+    padded = pad_collate(features, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        reference = sft.compute_loss(padded)[0].item()
+        assert sft.compute_loss(packed_collate(features))[0].item() == pytest.approx(reference, rel=1e-5)
+        assert full.compute_loss(padded)[0].item() == pytest.approx(reference, rel=1e-5)
+
+
+def test_uniform_model_loss_is_log_vocab(tiny_tokenizer, features):
+    """With every weight of the output layer at zero the model is uniform: loss = ln V exactly."""
+    sft = make_sft(tiny_tokenizer)
+    with torch.no_grad():
+        sft.policy.get_output_embeddings().weight.zero_()  # tied: input embeddings zero too
+        loss = sft.compute_loss(pad_collate(features, tiny_tokenizer.pad_token_id))[0]
+    assert loss.item() == pytest.approx(math.log(sft.policy.config.vocab_size), rel=1e-6)
