@@ -37,7 +37,7 @@ def main() -> None:
         except RlhfLabError as exc:
             log.error("%s", exc)
             print(f"rlhf_lab: error: {exc}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(exc.exit_code)
 
     task()
 

@@ -2,7 +2,9 @@
 
 
 class RlhfLabError(Exception):
-    """Base class: the CLI prints the message and exits with status 1."""
+    """Base class: the CLI prints the message and exits with ``exit_code`` (1)."""
+
+    exit_code = 1
 
 
 class ConfigError(RlhfLabError):
@@ -15,3 +17,13 @@ class DataError(RlhfLabError):
 
 class PluginError(RlhfLabError):
     pass
+
+
+class TrainingError(RlhfLabError):
+    """Training cannot go on (a non-finite loss): the last good checkpoint is kept."""
+
+
+class Preempted(RlhfLabError):
+    """SIGTERM: a checkpoint was saved; 143 is the conventional status of a terminated process."""
+
+    exit_code = 143

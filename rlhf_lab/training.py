@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import resource
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,12 @@ import torch
 from hydra.experimental.callback import Callback as HydraCallback
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, read_write
 
 from rlhf_lab.errors import ConfigError
+from rlhf_lab.tracking import finish_wandb
 
 log = logging.getLogger(__name__)
 RUN_ARTIFACTS = ("summary.json", "model", "checkpoints")
@@ -32,7 +37,8 @@ class OutputDirGuard(HydraCallback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(Path(config.hydra.run.dir))
+        if config.get("resume") is None:  # resume=auto continues the run already in that directory
+            self._check(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(Path(config.hydra.sweep.dir))
@@ -51,7 +57,8 @@ class OutputDirGuard(HydraCallback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint beside its target, then rename: a kill never leaves a torn file."""
+    """Write each checkpoint beside its target, then rename: a kill never leaves a torn file.
+    Load with ``weights_only=True``: a checkpoint can hold tensors and plain data, never code."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
@@ -59,6 +66,61 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         torch.save(checkpoint, tmp)
         os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def newest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint in ``ckpt_dir``: every file there is complete (atomic writes)."""
+    found = sorted(Path(ckpt_dir).glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    return found[-1] if found else None
+
+
+def resume_checkpoint(resume: str | None, run_dir: Path) -> str | None:
+    """``resume=auto``: the newest complete checkpoint of this run directory; or a checkpoint path."""
+    if resume is None:
+        return None
+    if resume != "auto":
+        if not Path(resume).is_file():
+            raise ConfigError(f"resume={resume}: no such checkpoint file.")
+        return resume
+    if (run_dir / "summary.json").exists():
+        raise ConfigError(f"resume=auto: the run in {run_dir} already finished (summary.json exists).")
+    found = newest_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise ConfigError(f"resume=auto: no checkpoint in {run_dir / 'checkpoints'}; nothing to resume.")
+    log.info("resuming from %s", found)
+    return str(found)
+
+
+class RngState(Callback):
+    """Checkpoints carry the RNG states (Lightning's do not), so a resumed run draws the same numbers."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+class Preemption(Callback):
+    """On SIGTERM, save ``checkpoints/last.ckpt`` after the current step; Lightning then stops the
+    run (``Preempted`` exits with status 143) and ``resume=auto`` continues from the checkpoint."""
+
+    def __init__(self, ckpt_dir: Path):
+        self.ckpt_dir = ckpt_dir
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.received_sigterm:
+            trainer.save_checkpoint(self.ckpt_dir / "last.ckpt")
 
 
 class Throughput(Callback):
@@ -101,6 +163,43 @@ class StepPrinter(Callback):
             print(f"step {step}/{total}  train/loss {shown}", flush=True)
 
 
+LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "GLOBAL_RANK", "WORLD_SIZE", "RANK")
+
+
+@contextmanager
+def job_scope():
+    """One job's lifetime in this process: afterwards the W&B run is finished and the process group
+    and launcher variables are gone, so the next job of a Hydra multirun starts afresh (with the
+    variables left over, Lightning would believe its ranks were already launched)."""
+    saved = {key: os.environ.get(key) for key in LAUNCH_ENV}
+    try:
+        yield
+    finally:
+        finish_wandb()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def relaunch_as_this_job() -> None:
+    """Make Lightning's rank relaunch start this multirun job, not the whole sweep again.
+
+    Lightning starts ranks > 0 as ``python -m rlhf_lab <sys.argv[1:]> hydra.run.dir=<run.dir>``.
+    Under ``-m`` that re-runs every job of the sweep (Lightning #11617, Hydra #2070). So the
+    relaunch gets this job's own overrides, in run mode, in this job's output directory.
+    """
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    sys.argv = [sys.argv[0], *hc.overrides.task]
+    with read_write(hc.run):
+        hc.run.dir = hc.runtime.output_dir
+
+
 def progress_bar_wanted(setting: bool | None) -> bool:
     if setting is not None:
         return setting
@@ -121,10 +220,15 @@ def build_strategy(t: DictConfig):
     return t.strategy
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, extra_callbacks: list) -> tuple[L.Trainer, Throughput]:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, loggers: list, extra_callbacks: list, manual_optimization: bool = False
+) -> tuple[L.Trainer, Throughput]:
+    """With ``manual_optimization`` (PPO and kin) the objective clips gradients and sizes its updates
+    itself: Lightning refuses ``gradient_clip_val`` and ``accumulate_grad_batches`` there."""
     t = cfg.trainer
+    relaunch_as_this_job()
     throughput = Throughput()
-    callbacks = [throughput, *extra_callbacks]
+    callbacks = [throughput, RngState(), Preemption(run_dir / "checkpoints"), *extra_callbacks]
     if t.save_checkpoint:
         callbacks.append(
             ModelCheckpoint(
@@ -146,13 +250,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, extra_callbacks
         precision=t.precision,
         max_steps=t.max_steps,
         max_epochs=t.max_epochs,
-        val_check_interval=t.val_check_interval,
-        check_val_every_n_epoch=None if t.val_check_interval else 1,
+        # Validate every N training batches across epochs, and always at the last step.
+        val_check_interval=t.val_check_interval or (t.max_steps * cfg.optim.accumulate_grad_batches if t.max_steps > 0 else None),
+        check_val_every_n_epoch=None if t.max_steps > 0 else 1,
         limit_val_batches=t.limit_val_batches,
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps,
-        accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.grad_clip,
+        accumulate_grad_batches=1 if manual_optimization else cfg.optim.accumulate_grad_batches,
+        gradient_clip_val=None if manual_optimization else cfg.optim.grad_clip,
         deterministic=t.deterministic,
         logger=loggers or False,
         callbacks=callbacks,
@@ -160,6 +265,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, extra_callbacks
         enable_progress_bar=show_bar,
         enable_model_summary=False,
         enable_checkpointing=t.save_checkpoint,
+        use_distributed_sampler=False,  # the DataModule's RankSampler shards one global order (data/sampling.py)
         default_root_dir=run_dir,
     )
     return trainer, throughput

@@ -68,7 +68,9 @@ class CliResult:
 
 def run_cli(run_dir: Path, *overrides: str, cwd: Path | None = None, env: dict | None = None, module: str = "rlhf_lab", timeout: int = 600) -> CliResult:
     """``python -m rlhf_lab`` with quick defaults (csv logger, few steps) unless overridden."""
-    args = [sys.executable, "-m", module, f"hydra.run.dir={run_dir}", *overrides]
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    run_dir = Path(given[-1]) if given else run_dir
+    args = [sys.executable, "-m", module, *([] if given else [f"hydra.run.dir={run_dir}"]), *overrides]
     full_env = {**os.environ, "CI": "1", "WANDB_MODE": "offline", **(env or {})}
     full_env = {k: v for k, v in full_env.items() if v is not None}  # env={"X": None} unsets X
     proc = subprocess.run(args, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)

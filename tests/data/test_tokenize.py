@@ -2,7 +2,8 @@
 
 import pytest
 
-from rlhf_lab.data.collate import LengthGroupedSampler, pad_collate, packed_collate
+from rlhf_lab.data.collate import pad_collate, packed_collate
+from rlhf_lab.data.sampling import RankSampler
 from rlhf_lab.data.tokenize import IGNORE, Encoder
 from rlhf_lab.errors import DataError
 
@@ -75,11 +76,25 @@ def test_pairs_are_laid_out_chosen_then_rejected(tiny_tokenizer):
     assert answers == ["a", "c", "b", "d"] and batch["num_samples"] == 2
 
 
-def test_length_grouped_sampler_is_a_seeded_permutation_with_similar_lengths():
+def test_length_grouped_order_is_a_seeded_permutation_with_similar_lengths():
     lengths = [i % 37 for i in range(400)]
-    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=3)
+    sampler = RankSampler(lengths, 8, shuffle=True, group_by_length=True, seed=3)
     order = list(sampler)
     assert sorted(order) == list(range(400))
     spreads = [max(lengths[i] for i in order[j:j + 8]) - min(lengths[i] for i in order[j:j + 8]) for j in range(0, 400, 8)]
     assert sum(spreads) / len(spreads) < 3  # random batches would spread ~30
-    assert list(LengthGroupedSampler(lengths, 8, seed=3)) == order
+    assert list(RankSampler(lengths, 8, shuffle=True, group_by_length=True, seed=3)) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_ranks_split_each_global_batch_of_one_process(shuffle):
+    """Rank r takes every W-th row of the shared order: the ranks' k-th batches form one process's k-th batch."""
+    lengths = [1] * 13
+    one = list(RankSampler(lengths, 4, shuffle=shuffle, group_by_length=False, seed=0))
+    ranks = [list(RankSampler(lengths, 4, shuffle=shuffle, group_by_length=False, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [7, 7]  # padded by wrapping so ranks stay in step
+    for k in range(3):  # full global batches of 4 = 2 per rank
+        assert sorted(ranks[0][2 * k:2 * k + 2] + ranks[1][2 * k:2 * k + 2]) == sorted(one[4 * k:4 * k + 4])
+    assert one == (list(range(13)) if not shuffle else one) and sorted(one) == list(range(13))

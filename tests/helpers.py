@@ -1,0 +1,31 @@
+"""Lightning callbacks that tests inject into real CLI runs (``+callbacks.x._target_=tests.helpers...``)."""
+
+import os
+import signal
+
+import lightning as L
+import torch
+
+
+class SignalAt(L.Callback):
+    """Send a real signal to this process when training reaches ``step`` (SIGKILL: no clean-up at all)."""
+
+    def __init__(self, step: int, signal_name: str):
+        self.step = step
+        self.signum = getattr(signal, signal_name)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class PoisonWeightsAt(L.Callback):
+    """Put a NaN into the policy's weights at ``step``: the next loss is non-finite."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.policy.parameters()).fill_(float("nan"))
