@@ -27,7 +27,7 @@ from rlhf_lab.errors import ConfigError
 from rlhf_lab.tracking import finish_wandb
 
 log = logging.getLogger(__name__)
-RUN_ARTIFACTS = ("summary.json", "model", "checkpoints")
+RUN_ARTIFACTS = ("summary.json", "model", "checkpoints", "metrics.csv", "wandb")
 
 
 class OutputDirGuard(HydraCallback):
@@ -46,11 +46,14 @@ class OutputDirGuard(HydraCallback):
     @staticmethod
     def _check(path: Path) -> None:
         if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
-            return  # a process started by the launcher of rank 0's run joins that run
-        if path.exists() and any(path.iterdir()):
+            return  # a rank started for rank 0's run joins that run
+        # Under torchrun / srun every rank starts Hydra itself, and a sibling may have written .hydra/ already.
+        external = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        taken = [name for name in RUN_ARTIFACTS if (path / name).exists()]
+        if taken or (not external and path.exists() and any(path.iterdir())):
             print(
                 f"rlhf_lab: error: output directory {path} already holds a run; rlhf_lab never overwrites one. "
-                "Choose another hydra.run.dir / hydra.sweep.dir, or remove it.",
+                "Choose another hydra.run.dir / hydra.sweep.dir, remove it, or continue it with resume=auto.",
                 file=sys.stderr,
             )
             raise SystemExit(1)
@@ -88,10 +91,9 @@ def resume_checkpoint(resume: str | None, run_dir: Path) -> str | None:
     if (run_dir / "summary.json").exists():
         raise ConfigError(f"resume=auto: the run in {run_dir} already finished (summary.json exists).")
     found = newest_checkpoint(run_dir / "checkpoints")
-    if found is None:
-        raise ConfigError(f"resume=auto: no checkpoint in {run_dir / 'checkpoints'}; nothing to resume.")
-    log.info("resuming from %s", found)
-    return str(found)
+    # A requeued job that never reached its first checkpoint simply starts again.
+    log.info("resuming from %s", found) if found else log.info("resume=auto: no checkpoint yet, starting from scratch")
+    return str(found) if found else None
 
 
 class RngState(Callback):
@@ -220,6 +222,17 @@ def build_strategy(t: DictConfig):
     return t.strategy
 
 
+def cluster_plugins() -> list:
+    """Atomic checkpoints; under SLURM, Lightning uses the ranks SLURM started (srun / submitit)
+    and leaves requeueing to the launcher (hydra-submitit-launcher's ``max_num_timeout``)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: Path, loggers: list, extra_callbacks: list, manual_optimization: bool = False
 ) -> tuple[L.Trainer, Throughput]:
@@ -261,7 +274,7 @@ def build_trainer(
         deterministic=t.deterministic,
         logger=loggers or False,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=cluster_plugins(),
         enable_progress_bar=show_bar,
         enable_model_summary=False,
         enable_checkpointing=t.save_checkpoint,

@@ -84,3 +84,13 @@ def test_lr_schedules_by_hand():
     linear = lr_lambda(OptimConfig(scheduler="linear"), total_steps=10)
     assert linear(5) == pytest.approx(0.5)
     assert lr_lambda(OptimConfig(scheduler="constant"), total_steps=10)(9) == 1.0
+
+
+def test_slurm_launcher_preset_composes(composer):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 1)
+    assert launcher.max_num_timeout > 0

@@ -45,3 +45,32 @@ def test_ddp_sweep_runs_each_job_once_per_rank(cli, tmp_path):
         assert (sweep / job / "train_ddp_process_1.log").exists()  # rank 1 joined this job, in this directory
         assert f"optim.lr={lr}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
     assert res.output.count("run finished") == 2
+
+
+def test_torchrun_ranks_are_used_not_respawned(cli):
+    res = cli("--nproc_per_node=2", "-m", "rlhf_lab", "trainer=ddp", "trainer.accelerator=cpu", "trainer.max_steps=3",
+              "data.num_rows=100", "logger=csv", module="torch.distributed.run")
+    assert res.returncode == 0, res.output
+    assert res.summary["global_step"] == 3
+    assert not list(res.run_dir.glob("train_ddp_process_*.log"))  # Lightning launched no process of its own
+
+
+def test_slurm_ranks_are_used_not_respawned(tmp_path):
+    """Two processes started the way srun starts them (SLURM_* variables, no LOCAL_RANK)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    run_dir = tmp_path / "slurm"
+    args = [sys.executable, "-m", "rlhf_lab", "trainer=ddp", "trainer.accelerator=cpu", "trainer.max_steps=3",
+            "data.num_rows=100", "logger=csv", f"hydra.run.dir={run_dir}"]
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+             "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "rlhf_lab", "SLURM_NODELIST": "127.0.0.1", "CI": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    procs = [subprocess.Popen(args, cwd=REPO, env={**env, **slurm, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert (run_dir / "summary.json").exists() and not list(run_dir.glob("train_ddp_process_*.log"))
