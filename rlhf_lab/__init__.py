@@ -1,7 +1,7 @@
 """rlhf_lab: post-training experiments (SFT, reward models, DPO, PPO, prompting) as Hydra-composed Lightning runs.
 
-Plugin authors need only what is exported here: the ``hookimpl`` marker, the registry types and
-the base classes their objectives and schemas extend.
+Plugin authors import from ``rlhf_lab.api``, the stable public API (docs/plugins.md); this module
+stays cheap to import and exports only the ``hookimpl`` marker and the version.
 """
 
 import pluggy

@@ -2,7 +2,9 @@
 
 A plugin is any module or object with functions marked ``@rlhf_lab.hookimpl`` whose names match
 the specs below, published under the entry-point group ``rlhf_lab``. Built-in objectives,
-datasets and strategies are registered through these same hooks.
+datasets and strategies are registered through these same hooks. The guide for plugin authors,
+with every hook, is docs/plugins.md (a test fails when a hook here is missing from it); plugins
+import only from ``rlhf_lab.api``.
 
 ``HOOK_API_VERSION`` follows semantic versioning: a minor bump adds hooks or optional arguments
 (existing plugins keep working); a major bump would change or remove one. pluggy lets an
@@ -33,8 +35,8 @@ hookspec = pluggy.HookspecMarker("rlhf_lab")
 def rlhf_lab_add_objectives(register: Registry) -> None:
     """Register training objectives with ``register.add_objective(name, system_cls, schema)``.
 
-    ``system_cls`` subclasses ``rlhf_lab.objectives.base.Objective`` (a LightningModule);
-    ``schema`` is a dataclass extending ``rlhf_lab.config.ObjectiveConfig``. The name becomes the
+    ``system_cls`` subclasses ``rlhf_lab.api.Objective`` (a LightningModule); ``schema`` is a
+    dataclass extending ``rlhf_lab.api.ObjectiveConfig``. The name becomes the
     Hydra option ``objective=<name>``. Every implementation is called; a name taken twice is an
     error naming both plugins.
     """
@@ -45,8 +47,8 @@ def rlhf_lab_add_rewards(register: Registry) -> None:
     """Register reward sources (reward models, Python functions, rules) with
     ``register.add_reward(name, factory, schema)``.
 
-    ``factory(cfg, tokenizer)`` returns a callable ``score(prompts, completions) -> list[float]``;
-    ``schema`` extends ``rlhf_lab.config.RewardConfig``. The name becomes ``reward=<name>``.
+    ``factory(cfg, tokenizer)`` returns a callable ``score(prompts, completions) -> list[float]``
+    (one score per completion, higher is better); ``schema`` extends ``rlhf_lab.api.RewardConfig``. The name becomes ``reward=<name>``.
     Every implementation is called.
     """
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from rlhf_lab.testing import RunResult
+from rlhf_lab.testing import run_cli as _run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,31 +50,12 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-    run_dir: Path
-
-    @property
-    def summary(self) -> dict:
-        return json.loads((self.run_dir / "summary.json").read_text())
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-def run_cli(run_dir: Path, *overrides: str, cwd: Path | None = None, env: dict | None = None, module: str = "rlhf_lab", timeout: int = 600) -> CliResult:
-    """``python -m rlhf_lab`` with quick defaults (csv logger, few steps) unless overridden."""
+def run_cli(run_dir: Path, *overrides: str, cwd: Path | None = None, env: dict | None = None, module: str = "rlhf_lab", timeout: int = 600) -> RunResult:
+    """``python -m rlhf_lab *overrides`` in ``run_dir`` (unless the overrides name a hydra.run.dir)."""
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
     run_dir = Path(given[-1]) if given else run_dir
-    args = [sys.executable, "-m", module, *([] if given else [f"hydra.run.dir={run_dir}"]), *overrides]
-    full_env = {**os.environ, "CI": "1", "WANDB_MODE": "offline", **(env or {})}
-    full_env = {k: v for k, v in full_env.items() if v is not None}  # env={"X": None} unsets X
-    proc = subprocess.run(args, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
-    return CliResult(proc.returncode, proc.stdout, proc.stderr, Path(run_dir))
+    args = [*overrides, *([] if given else [f"hydra.run.dir={run_dir}"])]
+    return _run_cli(*args, cwd=cwd or REPO, module=module, env=env, run_dir=run_dir, timeout=timeout)
 
 
 @pytest.fixture
@@ -82,7 +63,7 @@ def cli(tmp_path):
     """``cli(*overrides)`` runs the real CLI in a fresh run dir under tmp_path."""
     counter = iter(range(1000))
 
-    def _run(*overrides: str, **kwargs) -> CliResult:
+    def _run(*overrides: str, **kwargs) -> RunResult:
         return run_cli(tmp_path / f"run{next(counter)}", *overrides, **kwargs)
 
     return _run
