@@ -106,7 +106,7 @@ class TrainerConfig:
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | bf16-true
     max_steps: int = 200  # optimiser steps (rollout batches for online RL)
     max_epochs: int = -1  # -1: bounded by max_steps only
-    val_check_interval: Optional[int] = None  # validate every N training batches; None: at the end only
+    val_check_interval: Optional[int] = None  # validate every N training batches; None: at the last step only
     limit_val_batches: Optional[int] = None
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: Optional[int] = None  # None: only the final checkpoint
@@ -136,6 +136,74 @@ class PromptingConfig:
     """Base of every prompting strategy's schema (evaluation)."""
 
     name: str = MISSING
+    seed: int = 1234  # seeds exemplar sampling and sampled answers (1234: lm-evaluation-harness's few-shot seed)
+
+
+@dataclass
+class EvalConfig(SourceConfig):
+    """An evaluation task (``eval=<name>``): rows from a file, a hub dataset or a generator (the
+    source fields above), mapped by ``fields`` onto ``question``, ``answer``, ``rationale``,
+    ``choices`` and ``label``. The defaults are the embedded synthetic tasks."""
+
+    loader: str = "synthetic"
+    num_rows: int = 100
+    generator_seed: int = 12345  # not the training data's seed: evaluation rows are new questions
+    name: str = "synthetic"  # task name in metric keys: eval/<name>/<strategy>/accuracy
+    kind: str = "generation"  # generation: exact match of the extracted answer | multiple_choice: log-likelihood of each choice
+    fewshot_path: Optional[str] = None  # exemplar file (same fields); None: the evaluated rows, never the one being asked
+    answer_split: Optional[str] = None  # marker between steps and final answer in the answer column (GSM8K: "####")
+    question_template: str = "{question}"  # str.format over the row's fields; {options} lists labelled choices
+    answer_template: str = "{answer}"  # an exemplar's target
+    rationale_template: str = "{rationale} The answer is {answer}."  # an exemplar's target with its steps (cot)
+    target_delimiter: str = " "  # between a question and its target or choice
+    choice_labels: List[str] = field(default_factory=list)  # e.g. [A, B, C, D]: list choices in {options}, score the labels
+    stop: List[str] = field(default_factory=lambda: ["\n\n"])  # generation ends at the first of these (or EOS)
+    max_new_tokens: int = 32
+    strict_pattern: str = r"^\s*([^\n]*?)\s*$"  # answer = first match (its first non-empty group, if any); default: the whole completion
+    flexible_pattern: str = r"([^\n]*\S)"  # answer = last match; default: the last non-empty line
+    accuracy_from: str = "flexible"  # the extraction that `accuracy` reports for generation tasks: strict | flexible
+    ignore_case: bool = False
+    ignore_patterns: List[str] = field(default_factory=lambda: ["\\.$"])  # regexes removed from answer and gold before comparing
+    chat_template: str = "auto"  # auto: prompts go through the tokenizer's chat template when it has one | never
+    batch_size: int = 32
+    max_length: Optional[int] = None  # model context in tokens; None: the model config's
+    on_overflow: str = "skip"  # a prompt longer than the context: skip (counted and logged) | error
+    every_n_steps: Optional[int] = None  # during training: also every N optimiser steps (always before and at the end)
+    log_samples: int = 64  # rows of the prompts/completions table sent to W&B
+
+
+@dataclass
+class SelfInstructConfig:
+    """``mode=self_instruct``: a model writes new instruction / output pairs from seed tasks."""
+
+    seeds: SourceConfig = field(default_factory=lambda: SourceConfig(loader="synthetic", num_rows=25))  # sft rows
+    num_instructions: int = 100  # pairs to keep
+    max_rounds: int = 20  # generation rounds before giving up on num_instructions
+    batch_size: int = 32  # prompts per round
+    k: int = 3  # seed tasks shown in each prompt
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    min_words: int = 3  # shorter instructions are malformed
+    max_words: int = 150  # longer instructions are malformed
+    max_similarity: float = 0.7  # ROUGE-L F1 against a seed or kept instruction at or above which a pair is a near-duplicate
+    output: str = "instructions.jsonl"  # relative to the run dir; read with `data=jsonl data.path=...`
+
+
+@dataclass
+class StageConfig:
+    """One stage of a pipeline: a whole run (``python -m rlhf_lab``) in ``<pipeline dir>/<stage>``."""
+
+    init: Optional[str] = None  # the earlier stage whose exported model/ this stage starts from; None: `model` as configured
+    overrides: List[str] = field(default_factory=list)  # the stage's overrides; "{<stage>}" stands for that stage's directory
+
+
+@dataclass
+class PipelineConfig:
+    """``pipeline=<name>`` (conf/pipeline/): stages run in order, each in a subprocess (rlhf_lab/lab/pipeline.py)."""
+
+    name: str = MISSING
+    stages: Dict[str, StageConfig] = field(default_factory=dict)  # in order; the last one trains `objective`
 
 
 @dataclass
@@ -152,11 +220,17 @@ class RunConfig:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     reward: Optional[RewardConfig] = None
-    prompting: Optional[PromptingConfig] = None
+    prompting: Optional[PromptingConfig] = None  # None: zero_shot
+    eval: Optional[EvalConfig] = None  # evaluation task; during training, None: no evaluation
+    self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
+    pipeline: Optional[PipelineConfig] = None  # stages run one after another (pipeline=rlhf|dpo); None: one run
+    mode: str = "train"  # train | eval (evaluate `model` on `eval`, no training) | self_instruct (write instruction data)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     seed: int = 42
     experiment: str = "default"  # experiment name: the W&B group of a single run
     export: bool = True  # save the trained model with save_pretrained (safetensors) into <run dir>/model
+    callbacks: Dict[str, Any] = field(default_factory=dict)  # extra Lightning callbacks: name -> {_target_: ..., args}
+    resume: Optional[str] = None  # auto: continue from the newest checkpoint of this run dir (set hydra.run.dir); or a .ckpt path
 
 
 # Config group -> base schema that every option of the group must extend.

@@ -10,7 +10,7 @@ import dataclasses
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable, Iterable
 
@@ -27,10 +27,36 @@ DISABLE_ENV = "RLHF_LAB_DISABLE_PLUGINS"
 BUILTIN_PLUGINS = (
     "rlhf_lab.data.builtin",
     "rlhf_lab.objectives.sft",
+    "rlhf_lab.objectives.rm",
+    "rlhf_lab.objectives.dpo",
+    "rlhf_lab.objectives.ppo",
+    "rlhf_lab.objectives.grpo",
+    "rlhf_lab.rewards.builtin",
+    "rlhf_lab.prompting.strategies",
+    "rlhf_lab.lab.plugin",
 )
 
 # registry kind -> Hydra config group
 KIND_GROUPS = {"objective": "objective", "reward": "reward", "prompting": "prompting", "dataset": "data"}
+
+
+@dataclass
+class PluginInfo:
+    name: str  # entry-point name (what `plugins.disable` takes) or built-in module name
+    distribution: str
+    version: str
+    entry_point: str  # "name = module:attr", or "built-in"
+
+    def __str__(self) -> str:
+        return f"plugin '{self.name}' (distribution {self.distribution} {self.version})"
+
+    def failure(self, what: str) -> PluginError:
+        """An error naming this plugin and its distribution, and how to run without it."""
+        remedy = "" if self.entry_point == "built-in" else (
+            f" Fix or uninstall {self.distribution}, or disable the plugin with "
+            f"`plugins.disable=[{self.name}]` on the command line or {DISABLE_ENV}={self.name}."
+        )
+        return PluginError(f"{self} {what}.{remedy}")
 
 
 @dataclass(frozen=True)
@@ -39,16 +65,7 @@ class Entry:
     name: str
     target: Any  # objective class, reward / prompting factory, dataset loader
     schema: type | None
-    plugin: str  # name of the plugin that registered it
-
-
-@dataclass
-class PluginInfo:
-    name: str
-    distribution: str
-    version: str
-    entry_point: str
-    registers: list[str] = field(default_factory=list)
+    plugin: PluginInfo  # the plugin that registered it
 
 
 class Registry:
@@ -56,7 +73,8 @@ class Registry:
 
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KIND_GROUPS}
-        self.current_plugin = "?"
+        # The plugin whose hook is running: the host sets it before each call, for attribution.
+        self.current_plugin = PluginInfo("unattributed", "rlhf_lab", __version__, "built-in")
 
     def add_objective(self, name: str, system_cls: type, schema: type) -> None:
         self._add("objective", name, system_cls, schema)
@@ -78,27 +96,28 @@ class Registry:
             raise PluginError(f"No {kind} named '{name}' is registered (known: {known}).") from None
 
     def _add(self, kind: str, name: str, target: Any, schema: type | None) -> None:
+        plugin = self.current_plugin
         taken = self.entries[kind].get(name)
         if taken is not None:
-            raise PluginError(
-                f"Plugin '{self.current_plugin}' registers {kind} '{name}', "
-                f"which plugin '{taken.plugin}' already registered."
-            )
+            raise plugin.failure(f"registers {kind} '{name}', which {taken.plugin} already registered")
         if schema is not None:
             base = GROUP_BASES[KIND_GROUPS[kind]]
             if not (dataclasses.is_dataclass(schema) and isinstance(schema, type) and issubclass(schema, base)):
-                raise PluginError(
-                    f"Plugin '{self.current_plugin}' registers {kind} '{name}' with schema {schema!r}, "
-                    f"which is not a dataclass extending rlhf_lab.config.{base.__name__}."
+                raise plugin.failure(
+                    f"registers {kind} '{name}' with schema {schema!r}, "
+                    f"which is not a dataclass extending rlhf_lab.config.{base.__name__}"
                 )
             try:
                 OmegaConf.structured(schema)
             except Exception as exc:
-                raise PluginError(
-                    f"Plugin '{self.current_plugin}' registers {kind} '{name}' with a schema that "
-                    f"OmegaConf rejects: {exc}"
+                raise plugin.failure(
+                    f"registers {kind} '{name}' with a schema that OmegaConf rejects: {type(exc).__name__}: {exc}"
                 ) from exc
-        self.entries[kind][name] = Entry(kind, name, target, schema, self.current_plugin)
+        self.entries[kind][name] = Entry(kind, name, target, schema, plugin)
+
+    def registrations(self, plugin: PluginInfo) -> list[str]:
+        """``group=name`` for everything ``plugin`` registered."""
+        return [f"{KIND_GROUPS[kind]}={e.name}" for kind, es in self.entries.items() for e in es.values() if e.plugin is plugin]
 
 
 class PluginHost:
@@ -126,76 +145,71 @@ class PluginHost:
                     node.loader = entry.name
                 else:
                     node.name = entry.name
-                cs.store(group=group, name=entry.name, node=node, provider=entry.plugin)
+                cs.store(group=group, name=entry.name, node=node, provider=entry.plugin.name)
 
 
 def disabled_from_env() -> list[str]:
     return [n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()]
 
 
-def _dist_label(ep: EntryPoint) -> tuple[str, str]:
-    dist = getattr(ep, "dist", None)
-    return (dist.name, dist.version) if dist is not None else ("unknown distribution", "?")
+def _entry_point_info(ep: EntryPoint) -> PluginInfo:
+    dist = ep.dist
+    name, version = (dist.name, dist.version) if dist is not None else ("unknown distribution", "?")
+    return PluginInfo(ep.name, name, version, f"{ep.name} = {ep.value}")
 
 
-def _plugin_failure(ep: EntryPoint, what: str, exc: BaseException) -> PluginError:
-    dist, version = _dist_label(ep)
-    return PluginError(
-        f"Plugin '{ep.name}' (distribution {dist} {version}, entry point "
-        f"'{ep.name} = {ep.value}' in group '{ENTRY_POINT_GROUP}') {what}: "
-        f"{type(exc).__name__}: {exc}. Fix or uninstall {dist}, or disable the plugin with "
-        f"`plugins.disable=[{ep.name}]` on the command line or {DISABLE_ENV}={ep.name}."
-    )
+REGISTRATION_HOOKS = ("rlhf_lab_add_objectives", "rlhf_lab_add_rewards", "rlhf_lab_add_prompting", "rlhf_lab_add_datasets")
 
 
 def load_plugins(disable: Iterable[str] = ()) -> PluginHost:
-    """Load built-ins and installed entry points, then run the registration hooks."""
+    """Load built-ins and installed entry points, then run the registration hooks.
+
+    Every failure raises a ``PluginError`` that names the plugin's distribution and how to
+    disable it; pluggy itself lets import errors through unnamed.
+    """
     disabled = set(disable) | set(disabled_from_env())
     pm = pluggy.PluginManager("rlhf_lab")
     pm.add_hookspecs(hookspecs)
-    infos: list[PluginInfo] = []
+    infos: dict[str, PluginInfo] = {}
     for modname in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(modname), name=modname)
-        infos.append(PluginInfo(modname, "rlhf_lab", __version__, "built-in"))
+        infos[modname] = PluginInfo(modname, "rlhf_lab", __version__, "built-in")
     pm.check_pending()
 
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        info = _entry_point_info(ep)
         if ep.name in disabled:
             pm.set_blocked(ep.name)
             continue
+        if ep.name in infos:
+            raise info.failure(f"uses the entry-point name of {infos[ep.name]}")
         try:
             plugin = ep.load()
         except Exception as exc:
-            raise _plugin_failure(ep, "failed to import", exc) from exc
+            raise info.failure(f"failed to import (entry point '{info.entry_point}'): {type(exc).__name__}: {exc}") from exc
         try:
             pm.register(plugin, name=ep.name)
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise _plugin_failure(ep, "declares a hook rlhf_lab does not have", exc) from exc
-        dist, version = _dist_label(ep)
-        infos.append(PluginInfo(ep.name, dist, version, f"{ep.name} = {ep.value}"))
+            raise info.failure(
+                f"has a hook implementation that does not match rlhf_lab's hook API {hookspecs.HOOK_API_VERSION} "
+                f"(rlhf_lab/hookspecs.py): {exc}"
+            ) from exc
+        infos[ep.name] = info
 
     registry = Registry()
-    by_name = {info.name: info for info in infos}
-    for hook_name in ("rlhf_lab_add_objectives", "rlhf_lab_add_rewards", "rlhf_lab_add_prompting", "rlhf_lab_add_datasets"):
+    for hook_name in REGISTRATION_HOOKS:
         # One implementation at a time, in registration order (built-ins first), so that every
-        # registration is attributed to its plugin.
+        # registration and every failure is attributed to its plugin.
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            registry.current_plugin = impl.plugin_name
-            before = {k: set(v) for k, v in registry.entries.items()}
+            registry.current_plugin = infos[impl.plugin_name]
             try:
                 impl.function(register=registry)
             except PluginError:
                 raise
             except Exception as exc:
-                raise PluginError(
-                    f"Plugin '{impl.plugin_name}' failed in {hook_name}: {type(exc).__name__}: {exc}. "
-                    f"Disable it with `plugins.disable=[{impl.plugin_name}]` or {DISABLE_ENV}."
-                ) from exc
-            for kind, names in registry.entries.items():
-                for name in sorted(set(names) - before[kind]):
-                    by_name[impl.plugin_name].registers.append(f"{KIND_GROUPS[kind]}={name}")
-    return PluginHost(pm, registry, infos)
+                raise registry.current_plugin.failure(f"failed in {hook_name}: {type(exc).__name__}: {exc}") from exc
+    return PluginHost(pm, registry, list(infos.values()))
 
 
 def disabled_from_argv(argv: list[str]) -> list[str]:
@@ -217,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"rlhf_lab {__version__}, hook API {hookspecs.HOOK_API_VERSION}")
     for info in host.infos:
-        regs = ", ".join(info.registers) or "hooks only"
+        regs = ", ".join(host.registry.registrations(info)) or "hooks only"
         print(f"  {info.name}  [{info.distribution} {info.version}; {info.entry_point}]  {regs}")
     return 0
 

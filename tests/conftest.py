@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _offline_env():
+def _offline_env(tmp_path_factory):
+    # Caches (DPO reference log-probs) go to a per-session directory, never the user's home.
+    os.environ["RLHF_LAB_CACHE"] = str(tmp_path_factory.mktemp("rlhf_lab_cache"))
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,32 +1,46 @@
 """Batches of token sequences: padded to the longest, or padding-free (one packed row).
 
-Each feature holds ``sequences`` (one for SFT, chosen + rejected for preferences). A batch lays
-them out sequence-major: all first sequences, then all second ones, so a pairwise objective runs
-one forward pass and splits the result in halves.
+Each feature holds ``sequences`` (one for SFT, chosen + rejected for preferences, k ranked
+responses best first for a reward model). A batch lays them out sequence-major: all first
+sequences, then all second ones, and so on, so a pairwise objective runs one forward pass and
+splits the result in halves.
 
 Keys of a batch: ``input_ids``, ``labels``, ``position_ids``, ``attention_mask`` (None when
-packed), ``seq_ids`` (the sequence each token belongs to, -1 on padding), ``num_sequences``,
-``num_samples`` (rows) and ``num_tokens`` (non-padding tokens).
+packed), ``seq_ids`` (the sequence each token belongs to, -1 on padding), ``pairs`` ((P, 2) batch
+indices (better, worse) of every pair of sequences within a row), ``num_sequences``,
+``num_samples`` (rows) and ``num_tokens`` (non-padding tokens); ``ref_logps`` ((num_sequences,))
+when the sequences carry a precomputed reference log-probability (``ref_logp``); ``rows`` (the
+features' ``row`` dicts, in order) when features carry one (online RL's prompt rows).
 """
 
 from __future__ import annotations
 
-import random
-from typing import Iterator
+from itertools import combinations
 
 import torch
-from torch.utils.data import Sampler
 
 from rlhf_lab.data.tokenize import IGNORE
 
 
-def _flatten(features: list[dict]) -> list[dict]:
-    per_row = len(features[0]["sequences"])
-    return [f["sequences"][k] for k in range(per_row) for f in features]
+def _flatten(features: list[dict]) -> tuple[list[dict], dict]:
+    """Sequences in rank-major order, and the keys every layout shares: ``pairs``, ``ref_logps``, ``rows``."""
+    most = max(len(f["sequences"]) for f in features)
+    order = [(row, k) for k in range(most) for row, f in enumerate(features) if k < len(f["sequences"])]
+    index = {where: i for i, where in enumerate(order)}
+    pairs = [
+        (index[row, a], index[row, b]) for row, f in enumerate(features) for a, b in combinations(range(len(f["sequences"])), 2)
+    ]
+    seqs = [features[row]["sequences"][k] for row, k in order]
+    shared = {"pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)}  # (P, 2)
+    if "ref_logp" in seqs[0]:
+        shared["ref_logps"] = torch.tensor([s["ref_logp"] for s in seqs])  # (num_sequences,)
+    if "row" in features[0]:
+        shared["rows"] = [f["row"] for f in features]
+    return seqs, shared
 
 
 def pad_collate(features: list[dict], pad_id: int) -> dict:
-    seqs = _flatten(features)
+    seqs, shared = _flatten(features)
     width = max(len(s["input_ids"]) for s in seqs)
     n = len(seqs)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -45,6 +59,7 @@ def pad_collate(features: list[dict], pad_id: int) -> dict:
         "attention_mask": attention_mask,
         "position_ids": position_ids,
         "seq_ids": seq_ids,
+        **shared,
         "num_sequences": n,
         "num_samples": len(features),
         "num_tokens": int(attention_mask.sum()),
@@ -54,7 +69,7 @@ def pad_collate(features: list[dict], pad_id: int) -> dict:
 def packed_collate(features: list[dict]) -> dict:
     """All sequences in one row with restarting position ids; transformers builds a block-diagonal
     causal mask from them, so no token attends across sequences and none is padding."""
-    seqs = _flatten(features)
+    seqs, shared = _flatten(features)
     input_ids, labels, positions, seq_ids = [], [], [], []
     for i, s in enumerate(seqs):
         length = len(s["input_ids"])
@@ -68,6 +83,7 @@ def packed_collate(features: list[dict]) -> dict:
         "attention_mask": None,
         "position_ids": torch.tensor([positions]),
         "seq_ids": torch.tensor([seq_ids]),
+        **shared,
         "num_sequences": len(seqs),
         "num_samples": len(features),
         "num_tokens": len(input_ids),
@@ -81,31 +97,3 @@ class Collator:
 
     def __call__(self, features: list[dict]) -> dict:
         return packed_collate(features) if self.padding_free else pad_collate(features, self.pad_id)
-
-
-class LengthGroupedSampler(Sampler[int]):
-    """Shuffled order in which each run of ``batch_size`` rows has similar lengths: rows are
-    shuffled, cut into mega-batches of 50 batches, sorted by length inside each, and the
-    resulting batches shuffled. Less padding, still random across epochs."""
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        mega = self.batch_size * 50
-        batches = []
-        for start in range(0, len(order), mega):
-            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
-            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        return iter([i for batch in batches for i in batch])

@@ -10,7 +10,8 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from rlhf_lab.config import DataConfig, SourceConfig
-from rlhf_lab.data.collate import Collator, LengthGroupedSampler
+from rlhf_lab.data.collate import Collator
+from rlhf_lab.data.sampling import RankSampler, ResumableLoader
 from rlhf_lab.data.sources import load_rows, load_source, validate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import DataError
@@ -69,19 +70,18 @@ class DataModule(L.LightningDataModule):
         self.collate = Collator(encoder.tokenizer.pad_token_id, cfg.padding_free)
 
     def _loader(self, features: list[dict], batch_size: int, train: bool) -> DataLoader:
-        sampler = None
-        if train and self.cfg.group_by_length:
-            lengths = [sum(len(s["input_ids"]) for s in f["sequences"]) for f in features]
-            sampler = LengthGroupedSampler(lengths, batch_size, self.seed)
-        return DataLoader(
-            features,
-            batch_size=batch_size,
-            shuffle=train and self.cfg.shuffle and sampler is None,
-            sampler=sampler,
-            collate_fn=self.collate,
-            num_workers=self.cfg.num_workers,
-            drop_last=False,
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = RankSampler(
+            [sum(len(s["input_ids"]) for s in f["sequences"]) for f in features],
+            batch_size * world,
+            shuffle=train and self.cfg.shuffle,
+            group_by_length=train and self.cfg.group_by_length,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
         )
+        loader_cls = ResumableLoader if train else DataLoader
+        return loader_cls(features, batch_size=batch_size, sampler=sampler, collate_fn=self.collate, num_workers=self.cfg.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_features, self.cfg.batch_size, train=True)

@@ -4,7 +4,8 @@ A row format names the canonical fields an objective reads:
 
 - ``sft``: ``prompt`` + ``completion`` (text), or ``messages`` (a chat: list of {role, content}
   ending with the assistant's answer)
-- ``preference``: ``prompt``, ``chosen``, ``rejected`` (text or message lists)
+- ``preference``: ``prompt``, ``chosen``, ``rejected`` (text or message lists), or ``prompt`` +
+  ``ranked``: a list of k >= 2 distinct responses, best first (it stands for all k(k-1)/2 pairs)
 - ``prompt``: ``prompt`` (online RL; extra columns such as ``answer`` are kept)
 
 Every row also carries ``task``: its source or task name, so that evaluation can hold tasks out.
@@ -14,6 +15,7 @@ Errors name the file (or dataset) and the 1-based row.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any, Callable
@@ -23,9 +25,11 @@ import datasets
 from rlhf_lab.config import DataConfig, SourceConfig
 from rlhf_lab.errors import DataError
 
+log = logging.getLogger(__name__)
+
 FORMATS = {
     "sft": (("prompt", "completion"), ("messages",)),
-    "preference": (("prompt", "chosen", "rejected"),),
+    "preference": (("prompt", "chosen", "rejected"), ("prompt", "ranked")),
     "prompt": (("prompt",),),
 }
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -159,6 +163,22 @@ def _is_chat(value: Any) -> bool:
     )
 
 
+def ranked_responses(row: dict) -> list:
+    """A preference row's responses, best first: [chosen, rejected] for a pair."""
+    return row["ranked"] if row.get("ranked") is not None else [row["chosen"], row["rejected"]]
+
+
+def _ranked_problem(value: Any) -> str | None:
+    if not isinstance(value, list) or len(value) < 2:
+        return "field 'ranked' must be a list of at least two responses, best first"
+    for i, response in enumerate(value, start=1):
+        if not (_is_text(response) or _is_chat(response)):
+            return f"field 'ranked' response {i} is empty" if isinstance(response, str) else f"field 'ranked' response {i} must be text"
+        if response in value[: i - 1]:
+            return f"field 'ranked' response {i} repeats response {value.index(response) + 1}"
+    return None
+
+
 def row_problem(row: dict, fmt: str) -> str | None:
     """Why ``row`` is not a valid ``fmt`` row, or None."""
     layouts = FORMATS[fmt]
@@ -174,11 +194,14 @@ def row_problem(row: dict, fmt: str) -> str | None:
                 return "field 'messages' must be a non-empty list of {role, content} objects"
             if value[-1]["role"] != "assistant" or not value[-1]["content"].strip():
                 return "field 'messages' must end with a non-empty assistant message"
+        elif f == "ranked":
+            if problem := _ranked_problem(value):
+                return problem
         elif not (_is_text(value) or _is_chat(value)):
             if isinstance(value, str):
                 return f"field '{f}' is empty"
             return f"field '{f}' must be text, got {type(value).__name__}"
-    if fmt == "preference" and row["chosen"] == row["rejected"]:
+    if "chosen" in layout and row["chosen"] == row["rejected"]:
         return "chosen and rejected are identical"
     return None
 
@@ -196,6 +219,8 @@ def validate(rows: list[dict], fmt: str, where: str, policy: str) -> tuple[list[
             )
     if not kept:
         raise DataError(f"{where}: no valid {fmt} rows.")
+    if len(kept) < len(rows):
+        log.warning("%s: dropped %d invalid %s row(s) (data.invalid_rows=drop).", where, len(rows) - len(kept), fmt)
     return kept, len(rows) - len(kept)
 
 

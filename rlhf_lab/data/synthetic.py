@@ -4,6 +4,9 @@ Every row carries its ``task`` name, so a mixture can hold whole tasks out for e
 generator gives SFT rows (``prompt``, ``completion``), preference rows (``prompt``, ``chosen``,
 ``rejected``: the right answer against a plausible wrong one) and prompt-only rows with the
 ``answer`` that a rule-based reward checks.
+
+``PREFERENCE_TASKS`` are named only on request (``data.task=polite``): their chosen and rejected
+answers differ by one consistent property, so a preference learner can generalise to unseen rows.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def _count(rng: random.Random) -> tuple[str, str, str]:
 
 def _sort(rng: random.Random) -> tuple[str, str, str]:
     nums = rng.sample(range(10), 4)
-    return f"Sort: {' '.join(map(str, nums))}", " ".join(map(str, sorted(nums))), " ".join(map(str, nums))
+    wrong = nums if nums != sorted(nums) else sorted(nums, reverse=True)  # never the right answer
+    return f"Sort: {' '.join(map(str, nums))}", " ".join(map(str, sorted(nums))), " ".join(map(str, wrong))
 
 
 TASKS: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
@@ -52,6 +56,18 @@ TASKS: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
     "sort": _sort,
 }
 
+POLITE = ("Please pass the {} and the {}, thank you.", "Could I have the {} and the {}, please?", "I would love the {} and the {}, thanks!")
+RUDE = ("Give me the {} and the {} now.", "The {} and the {}. Hurry up.", "Hand over the {} and the {}!")
+
+
+def _polite(rng: random.Random) -> tuple[str, str, str]:
+    """The same request, polite (chosen) or rude (rejected), each from one of three phrasings."""
+    a, b = rng.sample(WORDS, 2)
+    return f"Ask for the {a} and the {b}.", rng.choice(POLITE).format(a, b), rng.choice(RUDE).format(a, b)
+
+
+PREFERENCE_TASKS: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {"polite": _polite}
+
 
 def generate(fmt: str, num_rows: int, seed: int = 0, tasks: list[str] | None = None) -> list[dict]:
     """``num_rows`` rows of format ``fmt`` (sft | preference | prompt), tasks in round robin."""
@@ -60,7 +76,7 @@ def generate(fmt: str, num_rows: int, seed: int = 0, tasks: list[str] | None = N
     rows = []
     for i in range(num_rows):
         task = names[i % len(names)]
-        prompt, answer, wrong = TASKS[task](rng)
+        prompt, answer, wrong = (TASKS.get(task) or PREFERENCE_TASKS[task])(rng)
         if fmt == "sft":
             rows.append({"prompt": prompt, "completion": answer, "task": task})
         elif fmt == "preference":

@@ -9,9 +9,11 @@ are cut at the end of the completion (counted) or rejected (``data.on_overflow=e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import combinations
 
 from transformers import PreTrainedTokenizerBase
 
+from rlhf_lab.data.sources import ranked_responses
 from rlhf_lab.errors import DataError
 
 IGNORE = -100
@@ -89,15 +91,25 @@ class Encoder:
         return features
 
     def preference(self, rows: list[dict]) -> list[dict]:
-        """Two sequences per row, chosen then rejected, sharing the prompt tokens."""
-        prompts = self.prompt_ids([r["prompt"] for r in rows])
-        chosen = self.completion_ids([r["chosen"] for r in rows])
-        rejected = self.completion_ids([r["rejected"] for r in rows])
+        """Two sequences per pair, chosen then rejected, sharing the prompt tokens; a ranked row
+        of k responses gives all its k(k-1)/2 pairs."""
         features = []
-        for row, p, c, r in zip(rows, prompts, chosen, rejected):
-            pair = [self.sequence(p, c, row), self.sequence(p, r, row)]
-            if None not in pair:
-                features.append({"sequences": pair})
+        for ranked in self.ranking(rows):
+            seqs = ranked["sequences"]
+            features += [{"sequences": [seqs[i], seqs[j]]} for i, j in combinations(range(len(seqs)), 2)]
+        return features
+
+    def ranking(self, rows: list[dict]) -> list[dict]:
+        """One feature per preference row: its k responses best first (chosen, rejected for a pair),
+        sharing the prompt tokens, so that each response is scored once."""
+        prompts = self.prompt_ids([r["prompt"] for r in rows])
+        responses = [ranked_responses(r) for r in rows]
+        completions = iter(self.completion_ids([c for rs in responses for c in rs]))
+        features = []
+        for row, p, rs in zip(rows, prompts, responses):
+            seqs = [self.sequence(p, next(completions), row) for _ in rs]
+            if None not in seqs:
+                features.append({"sequences": seqs})
         return features
 
     def report(self) -> str | None:

@@ -10,9 +10,17 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rlhf_lab.config import ModelConfig
 from rlhf_lab.errors import ConfigError
@@ -45,29 +53,45 @@ def _dtype(cfg: ModelConfig) -> torch.dtype:
         raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got '{cfg.dtype}'.") from None
 
 
-def load_causal_lm(cfg: ModelConfig, *, lora: bool = True) -> PreTrainedModel:
-    """The policy as configured: tiny (seeded random init) or pretrained weights, plus LoRA if asked."""
+def _load(auto_cls, cfg: ModelConfig, **config_overrides) -> PreTrainedModel:
+    """``auto_cls`` on the configured weights: tiny (seeded random init) or pretrained."""
     kwargs = {"dtype": _dtype(cfg)}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.source == "tiny":
-        config = AutoConfig.from_pretrained(TINY_DIR)
+        config = AutoConfig.from_pretrained(TINY_DIR, **config_overrides)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
-            model = AutoModelForCausalLM.from_config(config, **kwargs)
+            model = auto_cls.from_config(config, **kwargs)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            _location(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs
+        model = auto_cls.from_pretrained(
+            _location(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **config_overrides, **kwargs
         )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    return model
+
+
+def load_causal_lm(cfg: ModelConfig, *, lora: bool = True) -> PreTrainedModel:
+    """The policy as configured: tiny (seeded random init) or pretrained weights, plus LoRA if asked."""
+    model = _load(AutoModelForCausalLM, cfg)
     if lora and cfg.lora.r > 0:
         model = apply_lora(model, cfg)
     return model
 
 
-def apply_lora(model: PreTrainedModel, cfg: ModelConfig):
+def load_reward_model(cfg: ModelConfig, pad_token_id: int) -> PreTrainedModel:
+    """A scalar head (``AutoModelForSequenceClassification``, one label) on the configured causal-LM
+    backbone, plus LoRA if asked (the head is then trained in full). ``pad_token_id`` is stored in
+    its config: the exported model reads the reward at the last token that is not padding."""
+    model = _load(AutoModelForSequenceClassification, cfg, num_labels=1, pad_token_id=pad_token_id)
+    if cfg.lora.r > 0:
+        model = apply_lora(model, cfg, task_type="SEQ_CLS")
+    return model
+
+
+def apply_lora(model: PreTrainedModel, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -78,7 +102,7 @@ def apply_lora(model: PreTrainedModel, cfg: ModelConfig):
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=targets[0] if list(targets) == ["all-linear"] else list(targets),
-        task_type="CAUSAL_LM",
+        task_type=task_type,  # SEQ_CLS also trains and saves the new score head in full
     )
     return get_peft_model(model, peft_cfg)
 
@@ -92,9 +116,10 @@ def frozen(model: torch.nn.Module) -> torch.nn.Module:
 class ModelFactory:
     """Builds the models an objective asks for, from the ``model`` config."""
 
-    def __init__(self, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, reward: Callable[[], Any] | None = None):
         self.cfg = cfg
         self.tokenizer = tokenizer
+        self._reward = reward  # builds the run's reward source (rlhf_lab.rewards.build_reward)
 
     def policy(self) -> PreTrainedModel:
         return load_causal_lm(self.cfg)
@@ -103,16 +128,27 @@ class ModelFactory:
         """A frozen copy of the initial policy (without LoRA)."""
         return frozen(load_causal_lm(self.cfg, lora=False))
 
+    def reward_model(self) -> PreTrainedModel:
+        """A trainable scalar-head model on the ``model`` backbone (see ``load_reward_model``)."""
+        return load_reward_model(self.cfg, self.tokenizer.pad_token_id)
+
+    def reward(self):
+        """The reward source of online RL (``reward=<name>``): an ``rlhf_lab.rewards.Reward``."""
+        if self._reward is None:
+            raise ConfigError("this run has no reward source: build ModelFactory with reward=...")
+        return self._reward()
+
 
 def unwrap(model):
     """The plain transformers model under a peft wrapper (LoRA layers stay in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def export_pretrained(model, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+def export_pretrained(model, tokenizer: PreTrainedTokenizerBase, out_dir: Path, state_dict: dict | None = None) -> Path:
     """``save_pretrained`` (safetensors) into ``out_dir`` atomically: write beside it, then rename.
 
     LoRA adapters are merged so that plain ``AutoModelForCausalLM.from_pretrained`` loads the result.
+    ``state_dict`` replaces the model's own (the full weights gathered from an FSDP-sharded model).
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -123,7 +159,7 @@ def export_pretrained(model, tokenizer: PreTrainedTokenizerBase, out_dir: Path) 
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, out_dir)
     return out_dir

@@ -19,8 +19,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lab.config import ObjectiveConfig, OptimConfig
 from rlhf_lab.data.tokenize import Encoder
-from rlhf_lab.errors import ConfigError
+from rlhf_lab.errors import ConfigError, TrainingError
 from rlhf_lab.models import ModelFactory, export_pretrained, unwrap
+from rlhf_lab.training import newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,42 @@ class Objective(L.LightningModule):
         """The model that ``export`` saves (the policy for most objectives)."""
         return self.policy
 
+    def global_token_mean(self, total: torch.Tensor, count: int) -> torch.Tensor:
+        """``total / count`` over the global batch, so that N processes train exactly like one.
+
+        DDP and FSDP average gradients over ranks; a rank-local token mean would weight each
+        rank equally whatever its number of tokens. Scaling by world size / global count fixes it.
+        """
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return total / count
+        global_count = self.trainer.strategy.reduce(torch.tensor(float(count), device=total.device), reduce_op="sum")
+        return total * world / global_count
+
+    def check_finite(self, name: str, value: torch.Tensor) -> None:
+        """Stop the run (on every rank) before a non-finite ``value`` reaches the weights; the
+        checkpoints written so far are all from before it."""
+        bad = not bool(torch.isfinite(value).all())
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            ckpt_dir = self.trainer.checkpoint_callback.dirpath if self.trainer.checkpoint_callback else None
+            last = newest_checkpoint(Path(ckpt_dir)) if ckpt_dir else None
+            raise TrainingError(
+                f"non-finite {name} ({value.detach().float().mean().item()}) at step {self.global_step}; "
+                f"stopped before updating the weights. Last good checkpoint: {last or 'none'}."
+            )
+
     # --- shared steps -----------------------------------------------------------------------
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         loss, metrics = self.compute_loss(batch)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, batch_size=batch["num_samples"], sync_dist=not on_step)
-        for name, value in metrics.items():
-            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, batch_size=batch["num_samples"], sync_dist=not on_step)
+        if on_step:
+            self.check_finite("loss", loss)
+        # sync_dist: logged values are means over all ranks, as one process would see them.
+        for name, value in {"loss": loss, **metrics}.items():
+            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, batch_size=batch["num_samples"], sync_dist=True)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

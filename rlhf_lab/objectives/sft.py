@@ -34,7 +34,8 @@ class SFT(Objective):
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scored = score_labels(self.policy, batch, self.models.cfg.sparse_head)
-        loss = F.cross_entropy(scored.logits.float(), scored.targets, label_smoothing=self.cfg.label_smoothing)
+        nll_sum = F.cross_entropy(scored.logits.float(), scored.targets, label_smoothing=self.cfg.label_smoothing, reduction="sum")
+        loss = self.global_token_mean(nll_sum, scored.targets.numel())
         accuracy = (scored.logits.argmax(-1) == scored.targets).float().mean()
         return loss, {"token_accuracy": accuracy}
 

@@ -1,0 +1,419 @@
+"""rlhf_lab against TRL 1.x on the same training jobs: DPO (DPOTrainer), reward model
+(RewardTrainer) and SFT (SFTTrainer, loss_type nll).
+
+    python benchmarks/train_vs_trl.py [--out DIR] [--objectives dpo,rm,sft] [--steps 128]
+        [--systems rlhf_lab,trl,trl_no_gc,trl_precompute] [--results benchmarks/RESULTS.md]
+
+1. Builds, deterministically, a local model directory (a Llama with hidden 128, 4 layers, 4 heads,
+   vocabulary 8192 untied: small enough for 2 CPU cores, large enough that matmuls and the LM head
+   dominate, as in real models) with rlhf_lab's tiny BPE tokenizer (no chat template), and a copy
+   with a seeded scalar head for the reward model, so both systems start from identical weights.
+2. Writes preference and SFT JSONL files of ``steps * batch_size`` rows (one epoch) with realistic
+   length variation (12 to 128 tokens per sequence, none longer than max_length, so no system
+   truncates or drops rows), prompts ending on a token boundary so that every system tokenises
+   the same ids (checked).
+3. Runs each system as its own process (``python -m rlhf_lab ...`` and ``benchmarks/trl_runner.py``):
+   batch 16, max_length 128, beta 0.1, constant lr 1e-4, 128 steps, fp32, CPU, rows in file order.
+4. Prints one JSON line per system and objective: train samples/s and non-padding tokens/s over
+   the training time (fit + any reference precompute; model loading and tokenisation excluded),
+   whole-process wall time, peak RSS of the process (``wait4``), step-0 loss, model FLOP/s and its
+   share of this machine's measured fp32 matmul peak; then a ratio line per objective.
+
+Needs TRL (``pip install -c constraints/cpu.txt trl``; the ``bench`` extra). Not run by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO))
+
+MODEL = dict(vocab_size=8192, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=4, head_dim=32, max_position_embeddings=512, tie_word_embeddings=False)
+# rlhf_lab's settings for the job (see RESULTS.md). Padding-free is off: on CPU, transformers' sdpa
+# attends over a packed row with a dense block-diagonal mask, quadratic in the whole pack, which
+# costs more than the padding it saves here (README.md, "padding-free on CPU").
+LAB_FAST = {
+    "dpo": ["objective.reference=precompute", "data.padding_free=false", "model.sparse_head=true"],
+    "rm": ["data.padding_free=false"],
+    "sft": ["data.padding_free=false", "model.sparse_head=true"],
+}
+# system name -> extra rlhf_lab overrides or TRL config fields; "trl" is TRL's defaults plus what the job pins.
+SYSTEMS = {
+    "rlhf_lab": [],
+    "rlhf_lab_grouped": ["data.group_by_length=true"],  # batches of similar lengths: less padding, other first batch
+    "rlhf_lab_packed": ["data.padding_free=true"],
+    "trl": ["gradient_checkpointing=true"],  # TRL's default (TrainingArguments' is False; TRL's _BaseConfig sets True)
+    "trl_no_gc": ["gradient_checkpointing=false"],  # the same arithmetic as rlhf_lab: no recomputation
+    "trl_precompute": ["gradient_checkpointing=true", "precompute_ref_log_probs=true"],  # DPO only
+}
+TOPICS = ("the garden", "a river trip", "winter bread", "the old tower", "a quiet robot", "music lessons",
+          "the dragon castle", "silver rockets", "a lemon tree", "the candle shop")
+SETUP_TEXT = """\
+Same job for every system, each in its own process: a local Llama directory (hidden 128, 4 layers,
+4 heads, intermediate 384, vocabulary 8192 untied, fp32; rlhf_lab's tiny BPE tokenizer, no chat
+template), `steps * 16` rows of JSONL (12 to 126 tokens per sequence, mean 65; 38% of a padded
+batch is padding in file order), batch 16, max_length 128 (nothing is truncated or dropped by
+either system), beta 0.1, AdamW lr 1e-4 constant without warmup, grad clip 1.0, 128 steps (one
+epoch), CPU, rows in file order (the first batches are identical, so the step-0 losses must be
+equal, and they are; with equal batches the last losses agree to 1e-6 as well).
+
+- **rlhf_lab**: `data.padding_free=false` (see below), `model.sparse_head=true` (LM head only on
+  completion positions), DPO `objective.reference=precompute` (a fresh cache directory: no cache
+  hit). **rlhf_lab_grouped** adds `data.group_by_length=true` (less padding; a different, seeded
+  batch order, so its step-0 loss is over another first batch: not a parity row).
+- **trl**: TRL 1.16 defaults except what the job pins (`bf16=False`, `use_cpu=True`, no eval or
+  saving, `logging_steps=1`, `report_to=none`, a sequential sampler): so `gradient_checkpointing=True`
+  (TRL's default), `padding_free=False` (ignored by DPO anyway), `precompute_ref_log_probs=False`
+  (a live reference model), TRL's fused LM head (log-probs only on completion tokens, in tiles),
+  `loss_type=sigmoid` / `nll`, `optim=adamw_torch_fused`. **trl_no_gc**: the same with
+  `gradient_checkpointing=False` (no recomputation: the same arithmetic as rlhf_lab).
+  **trl_precompute** (DPO): TRL's own reference precompute, timed inside train time. (TRL's
+  gradient checkpointing changed nothing measurable for DPO here; for the reward model it costs
+  20% of throughput and saves 100 MB.)
+- samples/s and tokens/s (non-padding tokens, counted from the batches each system trained on) are
+  over the training time: fit start to last step, including any reference precompute, excluding
+  model loading and tokenisation; wall is the whole process; peak RSS from `wait4` of that process.
+- Model FLOPs, the same count for every system (the job's work, not an implementation's): per token
+  6 x non-embedding layer parameters + causal attention 6 x layers x d x position, the LM head
+  (6 x d x V) only on scored (completion) tokens, DPO + 1/3 for the reference forward. MFU = model
+  FLOP/s / measured fp32 matmul peak.
+- Padding-free is off for rlhf_lab because on CPU transformers' sdpa attends over a packed row with a
+  dense block-diagonal mask: attention becomes quadratic in the whole pack (about 2,100 tokens for a
+  DPO batch) and a DPO fwd+bwd took 2.0x as long packed as padded (1 thread, 16 pairs: 2.52 s vs 1.24 s).
+
+"""
+TARGETS = {"dpo": 2.0, "rm": 1.5, "sft": 1.5}  # the issue: rlhf_lab's throughput over TRL's, at equal or lower peak RSS
+MARKER_START, MARKER_END = "<!-- train_vs_trl:start -->", "<!-- train_vs_trl:end -->"
+
+
+# --- model and data ---------------------------------------------------------------------------
+
+def build_model(out: Path) -> tuple[Path, Path]:
+    """(causal-LM directory, reward-model directory): the same seeded weights, the second with a
+    seeded one-label score head (a fresh head would be initialised differently by each system)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from rlhf_lab.models import TINY_DIR
+
+    lm_dir, rm_dir = out / "model", out / "model_rm"
+    tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
+    tokenizer.chat_template = None  # plain-text rows: both systems tokenise prompt + completion the same way
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(**MODEL, **ids, rms_norm_eps=1e-6, attention_dropout=0.0)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(config)
+    lm.save_pretrained(lm_dir)
+    tokenizer.save_pretrained(lm_dir)
+    rm_config = LlamaConfig(**MODEL, **ids, rms_norm_eps=1e-6, num_labels=1)
+    torch.manual_seed(1)
+    rm = LlamaForSequenceClassification(rm_config)
+    rm.model.load_state_dict(lm.model.state_dict())
+    rm.save_pretrained(rm_dir)
+    tokenizer.save_pretrained(rm_dir)
+    return lm_dir, rm_dir
+
+
+def _words(rng: random.Random, n: int) -> str:
+    from rlhf_lab.data.synthetic import WORDS
+
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def build_data(out: Path, rows: int, tokenizer, max_length: int, seed: int = 0) -> tuple[Path, Path, dict]:
+    """Preference and SFT JSONL files; every sequence fits in max_length. Returns the token lengths."""
+    rng = random.Random(seed)
+    eos = tokenizer.eos_token
+    pref, sft, lengths = [], [], {"prompt": [], "chosen": [], "rejected": [], "completion": []}
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    while len(pref) < rows:
+        prompt = f"Write about {rng.choice(TOPICS)}: {_words(rng, int(rng.triangular(3, 60, 12)))}.\n"
+        chosen = _words(rng, int(rng.triangular(1, 64, 10))).capitalize() + "."
+        rejected = _words(rng, int(rng.triangular(1, 64, 10))).capitalize() + "."
+        p, c, r = n_tokens(prompt), n_tokens(chosen) + 1, n_tokens(rejected) + 1  # + EOS
+        if p + max(c, r) > max_length:
+            continue
+        for completion in (chosen, rejected):  # same ids whether tokenised apart (rlhf_lab) or joined (TRL)
+            joined = tokenizer(prompt + completion + eos, add_special_tokens=False)["input_ids"]
+            apart = tokenizer(prompt)["input_ids"] + tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            assert joined == apart, (prompt, completion)
+        pref.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        sft.append({"prompt": prompt, "completion": chosen})
+        for key, value in (("prompt", p), ("chosen", c), ("rejected", r), ("completion", c)):
+            lengths[key].append(value)
+    pref_path, sft_path = out / "preference.jsonl", out / "sft.jsonl"
+    pref_path.write_text("".join(json.dumps(r) + "\n" for r in pref))
+    sft_path.write_text("".join(json.dumps(r) + "\n" for r in sft))
+    return pref_path, sft_path, lengths
+
+
+# --- FLOPs --------------------------------------------------------------------------------------
+
+def job_flops(objective: str, lengths: dict, reference: bool) -> float:
+    """Model FLOPs of one epoch of the job, the same number for both systems (it counts the work the
+    job needs, not what an implementation does): 6 * N_layers per token, 6 * d * ctx per token and
+    layer for causal attention (QK^T and AV), and the LM head (6 * d * V) only where a next token is
+    scored (completions); the reward model's head is one dot product. DPO adds the reference forward
+    (a third of the training figure) for every token."""
+    d, layers, vocab, ff = MODEL["hidden_size"], MODEL["num_hidden_layers"], MODEL["vocab_size"], MODEL["intermediate_size"]
+    per_layer = 4 * d * d + 3 * d * ff  # q, k, v, o + gate, up, down (norm weights are negligible)
+    seqs = (
+        [(p, lengths["completion"][i]) for i, p in enumerate(lengths["prompt"])]
+        if objective == "sft"
+        else [(p, lengths[k][i]) for k in ("chosen", "rejected") for i, p in enumerate(lengths["prompt"])]
+    )
+    total = 0.0
+    for prompt, completion in seqs:
+        n = prompt + completion
+        body = 6 * layers * per_layer * n + 6 * layers * d * n * (n + 1) / 2
+        head = 6 * d * vocab * completion if objective != "rm" else 6 * d * n
+        total += body + head
+    return total * (4 / 3 if objective == "dpo" and reference else 1.0)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` fp32 FLOP/s of an n x n matmul on this machine, all threads torch uses."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        best = min(best, (time.perf_counter() - started) / 3)
+    return 2 * n**3 / best
+
+
+# --- running the systems ---------------------------------------------------------------------------
+
+def run_process(args: list[str], log: Path, env: dict) -> dict:
+    """Run a command to the end; its wall time and peak RSS (``wait4``: this child alone)."""
+    started = time.perf_counter()
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-30:])
+        raise RuntimeError(f"{shlex.join(args)} failed ({proc.returncode}); end of {log}:\n{tail}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def lab_command(objective: str, model_dir: Path, data: Path, work: Path, a, extra: list[str]) -> list[str]:
+    overrides = [
+        f"objective={objective}", "model=hf", f"model.name_or_path={model_dir}", "data=jsonl", f"data.path={data}",
+        f"data.batch_size={a.batch_size}", f"data.max_length={a.max_length}", "data.shuffle=false", "data.val_fraction=0",
+        "data.chat_template=never", f"optim.lr={a.lr}", "optim.scheduler=constant", "optim.warmup_steps=0",
+        f"trainer.max_steps={a.steps}", "trainer.accelerator=cpu", "trainer.precision=32-true", "logger=none",
+        "trainer.save_checkpoint=false", "export=false", f"seed={a.seed}", f"hydra.run.dir={work / 'run'}",
+        "+callbacks.clock._target_=bench_clock.FitClock", f"+callbacks.clock.out={work / 'clock.json'}",
+    ]
+    if objective == "dpo":
+        overrides += [f"objective.beta={a.beta}", f"objective.ref_cache_dir={work / 'ref_cache'}"]  # a fresh cache: no hit
+    return [sys.executable, "-m", "rlhf_lab", *overrides, *LAB_FAST[objective], *extra]
+
+
+def trl_command(objective: str, model_dir: Path, data: Path, work: Path, a, extra: list[str]) -> list[str]:
+    return [
+        sys.executable, str(HERE / "trl_runner.py"), "--objective", objective, "--model", str(model_dir), "--data", str(data),
+        "--out", str(work / "clock.json"), "--workdir", str(work / "trl_out"), "--steps", str(a.steps),
+        "--batch-size", str(a.batch_size), "--max-length", str(a.max_length), "--lr", str(a.lr), "--beta", str(a.beta),
+        "--seed", str(a.seed), *(f"--set={kv}" for kv in extra),
+    ]
+
+
+def run_system(system: str, objective: str, command: list[str], work: Path, env: dict, flops: float, peak: float) -> dict:
+    shutil.rmtree(work, ignore_errors=True)  # rlhf_lab never overwrites a run dir; a re-run starts clean
+    work.mkdir(parents=True)
+    process = run_process(command, work / "log.txt", env)
+    clock = json.loads((work / "clock.json").read_text())
+    t = clock["train_time_s"]
+    return {
+        "objective": objective,
+        "system": system,
+        "train_samples_per_s": round(clock["samples"] / t, 2),
+        "train_tokens_per_s": round(clock["tokens"] / t, 1),
+        "train_time_s": round(t, 2),
+        "of_which_reference_precompute_s": round(clock["setup_in_train_s"], 2),
+        "wall_s": round(process["wall_s"], 2),
+        "cpu_s": round(process["cpu_s"], 1),  # user + system CPU time of the process: less sensitive to a busy machine
+        "peak_rss_mb": round(process["peak_rss_mb"], 1),
+        "loss_step0": clock["loss_step0"],
+        "loss_last": clock["loss_last"],
+        "steps": clock["steps"],
+        "samples": clock["samples"],
+        "tokens": clock["tokens"],
+        "model_tflop_per_s": round(flops / t / 1e12, 4),
+        "mfu": round(flops / t / peak, 4),
+        **({"trl_options": clock["options"]} if "options" in clock else {}),
+        "command": shlex.join(command),
+    }
+
+
+def ratios(objective: str, lab: dict, trl: dict, against: str, system: str = "rlhf_lab") -> dict:
+    return {
+        "objective": objective,
+        "ratio": f"{system} / {against}",
+        "train_samples_per_s": round(lab["train_samples_per_s"] / trl["train_samples_per_s"], 3),
+        "train_tokens_per_s": round(lab["train_tokens_per_s"] / trl["train_tokens_per_s"], 3),
+        "wall_s": round(lab["wall_s"] / trl["wall_s"], 3),
+        "peak_rss_mb": round(lab["peak_rss_mb"] / trl["peak_rss_mb"], 3),
+        "loss_step0_abs_diff": abs(lab["loss_step0"] - trl["loss_step0"]),
+    }
+
+
+def all_ratios(results: list[dict]) -> list[dict]:
+    """Every rlhf_lab variant against every TRL variant, per objective."""
+    lines = []
+    for lab in [r for r in results if r["system"].startswith("rlhf_lab")]:
+        for trl in [r for r in results if r["objective"] == lab["objective"] and not r["system"].startswith("rlhf_lab")]:
+            lines.append(ratios(lab["objective"], lab, trl, trl["system"], lab["system"]))
+    return lines
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "trl", "lightning", "rlhf_lab")}
+
+
+def markdown(results: list[dict], ratio_lines: list[dict], meta: dict) -> str:
+    head = ("| objective | system | samples/s | tokens/s | train s (ref precompute) | wall s | peak RSS MB "
+            "| loss step 0 | model TFLOP/s | MFU |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    rows = "".join(
+        f"| {r['objective']} | {r['system']} | {r['train_samples_per_s']:.1f} | {r['train_tokens_per_s']:.0f} "
+        f"| {r['train_time_s']:.1f} ({r['of_which_reference_precompute_s']:.1f}) | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} "
+        f"| {r['loss_step0']:.4f} | {r['model_tflop_per_s']:.3f} | {r['mfu']:.1%} |\n"
+        for r in results
+    )
+    ratio_head = "\n| objective | ratio | samples/s | tokens/s | wall | peak RSS | step-0 loss diff |\n|---|---|---:|---:|---:|---:|---:|\n"
+    ratio_rows = "".join(
+        f"| {r['objective']} | {r['ratio']} | {r['train_samples_per_s']:.2f}x | {r['train_tokens_per_s']:.2f}x "
+        f"| {r['wall_s']:.2f}x | {r['peak_rss_mb']:.2f}x | {r['loss_step0_abs_diff']:.1e} |\n"
+        for r in ratio_lines
+    )
+    ratio_rows += "\nTargets (rlhf_lab, parity settings, against TRL's defaults):\n\n" 
+    v = meta["versions"]
+    targets = "".join(
+        f"- {r['objective']}, {r['ratio']}: throughput {r['train_samples_per_s']:.2f}x "
+        f"(target {TARGETS[r['objective']]}x: {'met' if r['train_samples_per_s'] >= TARGETS[r['objective']] else 'NOT met'}), "
+        f"peak RSS {r['peak_rss_mb']:.2f}x ({'met' if r['peak_rss_mb'] <= 1 else 'NOT met'})\n"
+        for r in ratio_lines
+        if r["ratio"].startswith("rlhf_lab /") and r["ratio"].endswith("/ trl")
+    )
+    return (
+        "## Training: rlhf_lab vs TRL (DPO, reward model, SFT) — `benchmarks/train_vs_trl.py`\n\n"
+        + SETUP_TEXT
+        + f"Measured {meta['date']} on {meta['machine']}; fp32 matmul peak {meta['peak_gflops']:.1f} GFLOP/s "
+        f"(best of 5, 2048x2048). torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, "
+        f"lightning {v['lightning']}, rlhf_lab {v['rlhf_lab']}.\n\n"
+        f"```\n{meta['command']}\n```\n\n" + head + rows + ratio_head + ratio_rows + targets
+    )
+
+
+def merge_results(path: Path, section: str) -> None:
+    """Replace the training section between the markers (or append it); keep every other section."""
+    block = f"{MARKER_START}\n{section}{MARKER_END}\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    if MARKER_START in text and MARKER_END in text:
+        before, rest = text.split(MARKER_START, 1)
+        after = rest.split(MARKER_END, 1)[1].lstrip("\n")
+        text = before + block + ("\n" + after if after else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=None, help="work directory (default: a new temporary one)")
+    p.add_argument("--objectives", default="dpo,rm,sft")
+    p.add_argument("--systems", default="rlhf_lab,trl,trl_no_gc,trl_precompute", help=f"which to run, in this order: {', '.join(SYSTEMS)}")
+    p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--lab-set", action="append", default=[], metavar="OVERRIDE", help="extra rlhf_lab Hydra override")
+    p.add_argument("--trl-set", action="append", default=[], metavar="KEY=VALUE", help="extra TRL config field")
+    p.add_argument("--results", type=Path, default=None, help="merge the table into this RESULTS.md")
+    p.add_argument("--report-only", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="no runs: merge the table of an earlier run's <out>/results.json into --results")
+    a = p.parse_args()
+    if a.report_only:
+        saved = json.loads(a.report_only.read_text())
+        merge_results(a.results or HERE / "RESULTS.md", markdown(saved["results"], all_ratios(saved["results"]), saved["meta"]))
+        return
+
+    from transformers import AutoTokenizer
+
+    out = a.out or Path(tempfile.mkdtemp(prefix="train_vs_trl_"))
+    out.mkdir(parents=True, exist_ok=True)
+    peak = matmul_peak()
+    lm_dir, rm_dir = build_model(out)
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    pref, sft, lengths = build_data(out, a.steps * a.batch_size, tokenizer, a.max_length)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", "CI": "1"}
+
+    results, ratio_lines = [], []
+    for objective in a.objectives.split(","):
+        model_dir = rm_dir if objective == "rm" else lm_dir
+        data = sft if objective == "sft" else pref
+        flops = job_flops(objective, lengths, reference=True)
+        runs = {}
+        plan = [s for s in a.systems.split(",") if objective == "dpo" or s != "trl_precompute"]
+        for system in plan:
+            work = out / objective / system
+            if system.startswith("rlhf_lab"):
+                command = lab_command(objective, model_dir, data, work, a, [*SYSTEMS[system], *a.lab_set])
+            else:
+                command = trl_command(objective, model_dir, data, work, a, [*SYSTEMS[system], *a.trl_set])
+            runs[system] = run_system(system, objective, command, work, env, flops, peak)
+            print(json.dumps({k: v for k, v in runs[system].items() if k != "command"}), flush=True)
+        for line in all_ratios(list(runs.values())):
+            ratio_lines.append(line)
+            print(json.dumps(line), flush=True)
+        results += runs.values()
+
+    meta = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.machine()} Linux, {os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}",
+        "peak_gflops": peak / 1e9,
+        "versions": versions(),
+        "command": "python " + shlex.join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
+    }
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results, "ratios": ratio_lines}, indent=1))
+    print(json.dumps({"meta": meta, "work_dir": str(out)}))
+    if a.results:
+        merge_results(a.results, markdown(results, ratio_lines, meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""What a run on the world did to what people want: the gold reward, measured on held-out prompts.
+
+``WorldEvaluation`` (added to every training run with ``data=world``) samples one completion per
+test-split prompt from the policy before training (from the initial model, which is also the
+reference), every ``data.eval_every_n_steps`` steps and at the end, and reports under ``world/``:
+
+- ``gold_reward``: mean gold reward of the samples (``rlhf_lab.lab.world.gold_reward``);
+- ``proxy_reward``: mean score of a learned reward model (the run's ``reward=model`` or
+  ``data.proxy_model``), when there is one;
+- ``kl``: KL(pi || pi_ref) per completion, estimated with k1 on the samples:
+  mean over y ~ pi of sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)];
+- ``win_rate``: share of prompts where the policy's sample has a higher gold reward than the
+  initial policy's (the SFT model in a pipeline), ties counting half;
+- ``fluent``: share of samples that follow the grammar.
+
+The values before training are under ``world_initial/``. A reward model (``objective=rm``) is
+scored instead on test-split preference pairs: ``world/rm_accuracy`` beside
+``world/bayes_accuracy``, the best accuracy any model can expect on those noisy labels.
+Every evaluation is also appended to ``<run dir>/world_eval.jsonl`` for reports.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf_lab.data.collate import pad_collate
+from rlhf_lab.data.tokenize import Encoder
+from rlhf_lab.lab import world
+from rlhf_lab.models import frozen, load_causal_lm
+from rlhf_lab.objectives.rm import sequence_rewards
+from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScore
+from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps
+from rlhf_lab.rollout.generation import HFGenerator, Sampling
+
+EVAL_SEED = 2024  # every evaluation samples with the same seed, outside the training RNG streams
+
+
+def proxy_model_path(cfg: DictConfig) -> str | None:
+    if cfg.data.get("proxy_model"):
+        return cfg.data.proxy_model
+    if cfg.reward is not None and cfg.reward.name == "model":
+        return cfg.reward.path
+    return None
+
+
+class WorldEvaluation(L.Callback):
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.data = cfg.data
+        self.log_path = Path(run_dir) / "world_eval.jsonl"
+        self.sampling = Sampling(self.data.eval_max_new_tokens, temperature=1.0, top_p=1.0)
+        self.is_reward_model = cfg.objective.name == "rm"
+        self._last_step: int | None = None
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.is_reward_model:
+            return
+        rows = world.generate("prompt", self.data.eval_prompts, seed=self.data.generator_seed, split="test")
+        self.prompts = [row["prompt"] for row in rows]
+        self.prompt_ids = Encoder(pl_module.tokenizer, self.data.max_length).prompt_ids(self.prompts)
+        path = proxy_model_path(self.cfg)
+        self.proxy = RewardModelScore(OmegaConf.structured(ModelRewardConfig(path=path))).to(pl_module.device) if path else None
+        # A fresh copy of the initial weights, not the policy: on a resumed run the policy has moved.
+        self.reference = frozen(load_causal_lm(self.cfg.model, lora=False)).to(pl_module.device)
+        completions, texts = self._sample(self.reference, pl_module)
+        self.reference_gold = torch.tensor(world.gold_scores(self.prompts, texts))
+        initial = self._metrics(texts, self.reference_gold, torch.zeros(len(texts)))
+        trainer.callback_metrics.update({f"world_initial/{k}": torch.tensor(v) for k, v in initial.items()})
+        if trainer.global_step == 0:
+            self._record(trainer, initial)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self.data.eval_every_n_steps
+        if not self.is_reward_model and every and trainer.global_step % every == 0 and trainer.global_step != self._last_step:
+            self._evaluate_policy(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.is_reward_model:
+            self._evaluate_reward_model(trainer, pl_module)
+        elif trainer.global_step != self._last_step:
+            self._evaluate_policy(trainer, pl_module)
+
+    # --- policy ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _sample(self, model, pl_module) -> tuple[list[list[int]], list[str]]:
+        training = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(EVAL_SEED)
+            completions = HFGenerator(model, pl_module.tokenizer).generate(self.prompt_ids, self.sampling)
+        model.train(training)
+        return completions, pl_module.tokenizer.batch_decode(completions, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def _sequence_logps(self, model, completions: list[list[int]], pl_module) -> torch.Tensor:
+        """(N,) log p(y | x) summed over the completion tokens."""
+        input_ids, attention_mask, mask = Rollout.layout(self.prompt_ids, completions, pl_module.tokenizer.pad_token_id, pl_module.device)
+        logits = completion_logits(model, input_ids, attention_mask, mask.shape[1], temperature=1.0)  # (N, C, V)
+        return (token_logps(logits, input_ids[:, -mask.shape[1] :]) * mask).sum(1).cpu()  # (N,)
+
+    def _evaluate_policy(self, trainer, pl_module) -> None:
+        self._last_step = trainer.global_step
+        policy = pl_module.trained_model
+        completions, texts = self._sample(policy, pl_module)
+        gold = torch.tensor(world.gold_scores(self.prompts, texts))
+        kl = self._sequence_logps(policy, completions, pl_module) - self._sequence_logps(self.reference, completions, pl_module)  # (N,) k1
+        self._publish(trainer, self._metrics(texts, gold, kl))
+
+    def _metrics(self, texts: list[str], gold: torch.Tensor, kl: torch.Tensor) -> dict[str, float]:
+        wins = (gold > self.reference_gold).float() + 0.5 * (gold == self.reference_gold).float()
+        metrics = {
+            "gold_reward": gold.mean().item(),
+            "kl": kl.mean().item(),
+            "win_rate": wins.mean().item(),
+            "fluent": sum(map(world.is_fluent, texts)) / len(texts),
+        }
+        if self.proxy is not None:
+            metrics["proxy_reward"] = sum(self.proxy(self.prompts, texts)) / len(texts)
+        return metrics
+
+    # --- reward model -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _evaluate_reward_model(self, trainer, pl_module) -> None:
+        """Accuracy on test-split pairs (labels drawn from Bradley-Terry) against the Bayes-optimal one."""
+        rows = world.generate("preference", self.data.eval_pairs, seed=self.data.generator_seed, split="test", temperature=self.data.noise_temperature)
+        encoder = Encoder(pl_module.tokenizer, self.data.max_length)
+        model = pl_module.trained_model
+        training = model.training
+        model.eval()
+        margins = []
+        for start in range(0, len(rows), self.data.batch_size):
+            collated = pad_collate(encoder.ranking(rows[start : start + self.data.batch_size]), pl_module.tokenizer.pad_token_id)
+            batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in collated.items()}
+            rewards = sequence_rewards(model, batch)  # (2b,)
+            chosen, rejected = batch["pairs"].unbind(1)  # (b,), (b,)
+            margins.append((rewards[chosen] - rewards[rejected]).cpu())
+        model.train(training)
+        gold_pairs = [(world.gold_reward(r["chosen"]), world.gold_reward(r["rejected"])) for r in rows]
+        self._publish(trainer, {
+            "rm_accuracy": (torch.cat(margins) > 0).float().mean().item(),
+            "bayes_accuracy": world.bayes_accuracy(gold_pairs, self.data.noise_temperature),
+        })  # fmt: skip
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def _publish(self, trainer, metrics: dict[str, float]) -> None:
+        trainer.callback_metrics.update({f"world/{k}": torch.tensor(v) for k, v in metrics.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics({f"world/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+        self._record(trainer, metrics)
+
+    def _record(self, trainer, metrics: dict[str, float]) -> None:
+        if trainer.is_global_zero:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps({"step": trainer.global_step, **metrics}) + "\n")

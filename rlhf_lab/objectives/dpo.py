@@ -1,0 +1,169 @@
+"""Direct Preference Optimisation (``objective=dpo``), https://arxiv.org/abs/2305.18290:
+
+    L = -log sigma(beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])
+
+log pi(y|x) is summed over completion tokens; chosen and rejected go through one concatenated
+forward pass (the collator lays a batch out chosen rows, then rejected rows). ``objective.loss``
+picks the variant from ``losses.PREFERENCE_LOSSES`` (sigmoid, ipo, cdpo, hinge, simpo).
+
+The reference pi_ref is the initial policy, frozen. ``objective.reference=precompute`` (default)
+scores train and validation data with it once before training and caches the result on disk,
+keyed by the model config and the tokenised data, so a re-run or a sweep over ``beta`` loads it;
+``live`` scores each batch with it during training. With LoRA the reference is the policy with its
+adapters disabled: no second copy of the model is ever built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning.pytorch.utilities import move_data_to_device
+from torch.utils.data import DataLoader
+
+from rlhf_lab import hookimpl
+from rlhf_lab.config import ModelConfig, ObjectiveConfig
+from rlhf_lab.data.tokenize import Encoder
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.models import TINY_DIR
+from rlhf_lab.models.lm import score_labels
+from rlhf_lab.objectives.base import Objective
+from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps
+
+log = logging.getLogger(__name__)
+REFERENCES = ("precompute", "live")
+
+
+@dataclass
+class DPOConfig(ObjectiveConfig):
+    beta: float = 0.1  # strength of the pull toward the reference; scales the implicit reward
+    loss: str = "sigmoid"  # sigmoid | ipo | cdpo | hinge | simpo (rlhf_lab/objectives/losses.py)
+    label_smoothing: float = 0.1  # cdpo only: eps, the assumed probability that a preference label is flipped
+    gamma: float = 0.5  # simpo only: target margin between length-normalised rewards
+    reference: str = "precompute"  # precompute: score the data once before training, cached on disk | live: score every batch
+    ref_cache_dir: str = ""  # where precomputed reference log-probs are kept; "" = $RLHF_LAB_CACHE/ref_logps (default ~/.cache/rlhf_lab)
+    disable_dropout: bool = True  # dropout makes pi and pi_ref disagree on the same weights (as TRL, off by default)
+
+
+def model_fingerprint(cfg: ModelConfig) -> dict:
+    """What identifies the initial policy: its model config, and the files of a local checkpoint."""
+    where = TINY_DIR if cfg.source == "tiny" else Path(cfg.name_or_path)
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in where.iterdir()) if where.is_dir() else []
+    fields = ("source", "name_or_path", "revision", "dtype", "attn_implementation", "init_seed")
+    return {**{f: getattr(cfg, f) for f in fields}, "files": files}
+
+
+def reference_cache_path(cache_dir: str, model_cfg: ModelConfig, features: list[dict]) -> Path:
+    key = hashlib.sha256(json.dumps(model_fingerprint(model_cfg), sort_keys=True).encode())
+    for feature in features:
+        key.update(json.dumps([[s["input_ids"], s["labels"]] for s in feature["sequences"]]).encode())
+    cache_dir = cache_dir or os.path.join(os.environ.get("RLHF_LAB_CACHE", "~/.cache/rlhf_lab"), "ref_logps")
+    return Path(cache_dir).expanduser() / f"{key.hexdigest()[:32]}.pt"
+
+
+class DPO(Objective):
+    data_format = "preference"
+
+    def __init__(self, cfg: DPOConfig, **kwargs):
+        super().__init__(cfg, **kwargs)
+        if cfg.loss not in PREFERENCE_LOSSES:
+            raise ConfigError(f"objective.loss must be one of {', '.join(PREFERENCE_LOSSES)}; got '{cfg.loss}'.")
+        if cfg.reference not in REFERENCES:
+            raise ConfigError(f"objective.reference must be one of {', '.join(REFERENCES)}; got '{cfg.reference}'.")
+        self.loss_fn = PREFERENCE_LOSSES[cfg.loss]
+        self.loss_kwargs = dict(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma)
+        self.uses_reference = cfg.loss not in REFERENCE_FREE
+        self.lora = self.models.cfg.lora.r > 0
+        self.policy = self.models.policy()
+        if cfg.disable_dropout:
+            for module in self.policy.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+        live_copy = self.uses_reference and cfg.reference == "live" and not self.lora
+        self.reference = self.models.reference() if live_copy else None
+
+    @classmethod
+    def encode(cls, encoder: Encoder, rows: list[dict]) -> list[dict]:
+        return encoder.preference(rows)
+
+    # --- log-probabilities ------------------------------------------------------------------------
+
+    def sequence_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(y|x) summed over completion tokens, completion length), each (num_sequences,)."""
+        scored = score_labels(model, batch, self.models.cfg.sparse_head)
+        n = batch["num_sequences"]
+        return scored.per_sequence(scored.logps(), n), scored.counts(n)
+
+    @torch.no_grad()
+    def score_reference(self, batch: dict, reference=None) -> torch.Tensor:
+        """(num_sequences,) log pi_ref(y|x): the policy with LoRA adapters disabled, or ``reference``."""
+        if self.lora:
+            with self.policy.disable_adapter():
+                return self.sequence_logps(self.policy, batch)[0]
+        return self.sequence_logps(reference if reference is not None else self.reference, batch)[0]
+
+    def precompute_reference(self, features: list[dict], collate, batch_size: int) -> torch.Tensor:
+        """(num_features, 2) reference log-probs of (chosen, rejected) for every pair, from the
+        on-disk cache when this model has scored these exact tokens before."""
+        path = reference_cache_path(self.cfg.ref_cache_dir, self.models.cfg, features)
+        if path.exists():
+            log.info("reference log-probs: loaded %d pairs from cache %s", len(features), path)
+            return torch.load(path)
+        # A fresh frozen copy, not the policy: on a resumed run the policy is no longer the initial one.
+        reference = None if self.lora else self.models.reference().to(self.device)
+        training = self.policy.training
+        self.policy.eval()
+        ref_logps = []
+        for batch in DataLoader(features, batch_size=batch_size, collate_fn=collate):
+            batch = move_data_to_device(batch, self.device)
+            ref_logps.append(self.score_reference(batch, reference).view(2, -1).T.cpu())  # (b, 2)
+        self.policy.train(training)
+        ref_logps = torch.cat(ref_logps)  # (num_features, 2)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(ref_logps, tmp)
+        os.replace(tmp, path)
+        log.info("reference log-probs: computed %d pairs, cached at %s", len(features), path)
+        return ref_logps
+
+    def on_fit_start(self) -> None:
+        if not (self.uses_reference and self.cfg.reference == "precompute"):
+            return
+        data = self.trainer.datamodule
+        features = data.train_features + data.val_features
+        with self.trainer.precision_plugin.forward_context():  # the precision the policy trains in
+            ref_logps = self.precompute_reference(features, data.collate, data.cfg.eval_batch_size or data.cfg.batch_size)
+        for feature, pair in zip(features, ref_logps.tolist()):
+            for seq, ref_logp in zip(feature["sequences"], pair):
+                seq["ref_logp"] = ref_logp  # the collator batches it as batch["ref_logps"]
+
+    # --- loss ------------------------------------------------------------------------------------
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logps, lengths = self.sequence_logps(self.policy, batch)  # (2B,), (2B,)
+        ref_logps = None
+        if self.uses_reference:
+            ref_logps = batch["ref_logps"] if self.cfg.reference == "precompute" else self.score_reference(batch)  # (2B,)
+        logp_chosen, logp_rejected = logps.chunk(2)  # (B,), (B,)
+        ref_chosen, ref_rejected = ref_logps.chunk(2) if ref_logps is not None else (None, None)
+        len_chosen, len_rejected = lengths.chunk(2)
+        lp = PreferenceLogps(logp_chosen, logp_rejected, ref_chosen, ref_rejected, len_chosen, len_rejected)
+        losses, r_chosen, r_rejected = self.loss_fn(lp, **self.loss_kwargs)  # (B,) each
+        return self.global_token_mean(losses.sum(), len(losses)), {  # the mean over the global batch
+            "rewards/chosen": r_chosen.mean(),
+            "rewards/rejected": r_rejected.mean(),
+            "rewards/accuracy": (r_chosen > r_rejected).float().mean(),
+            "rewards/margin": (r_chosen - r_rejected).mean(),
+            "logps/chosen": logp_chosen.detach().mean(),
+            "logps/rejected": logp_rejected.detach().mean(),
+        }
+
+
+@hookimpl
+def rlhf_lab_add_objectives(register):
+    register.add_objective("dpo", DPO, DPOConfig)

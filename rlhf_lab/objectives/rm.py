@@ -1,0 +1,74 @@
+"""Reward model (``objective=rm``): a scalar head on a causal-LM backbone, trained on preferences
+with the Bradley-Terry loss (``losses.bradley_terry``):
+
+    r(x, y) = w . h_last(x, y)        the head at the last non-padding token of prompt + response
+    L = mean over pairs of  -log sigma(r(x, y_w) - r(x, y_l) - m) + eta * (r(x, y_w) + r(x, y_l))^2
+
+A ranked row of k responses is scored with one forward pass per response and gives all its
+k(k-1)/2 pairs (InstructGPT, https://arxiv.org/abs/2203.02155, sec. 3.5). The trained model is
+exported as ``AutoModelForSequenceClassification`` (one label), so it scores text on its own and
+serves later as PPO's reward model by path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_lab import hookimpl
+from rlhf_lab.config import ObjectiveConfig
+from rlhf_lab.data.tokenize import Encoder
+from rlhf_lab.models import unwrap
+from rlhf_lab.objectives.base import Objective
+from rlhf_lab.objectives.losses import bradley_terry
+
+
+@dataclass
+class RMConfig(ObjectiveConfig):
+    margin: float = 0.0  # m: the chosen reward must beat the rejected one by at least this (Llama 2); 0: off
+    center_coef: float = 0.0  # eta: weight of the reward-centering term (r_w + r_l)^2 (Eisenstein et al. 2023); 0: off
+
+
+def sequence_rewards(model, batch: dict) -> torch.Tensor:
+    """(num_sequences,) the scalar head at each sequence's last token, for padded or packed batches."""
+    base = unwrap(model)
+    backbone = getattr(base, base.base_model_prefix)
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state.flatten(0, 1)  # (B*T, H)
+    seq_ids = batch["seq_ids"].flatten()  # (B*T,), -1 on padding
+    real = seq_ids >= 0
+    positions = torch.arange(seq_ids.numel(), device=seq_ids.device)  # (B*T,)
+    last = torch.zeros(batch["num_sequences"], dtype=torch.long, device=seq_ids.device)
+    last = last.scatter_reduce(0, seq_ids[real], positions[real], reduce="amax")  # (n,) flat index of each last token
+    return base.score(hidden[last]).squeeze(-1).float()  # (n,)
+
+
+class RewardModel(Objective):
+    data_format = "preference"
+
+    def __init__(self, cfg: RMConfig, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.reward_model = self.models.reward_model()
+
+    @classmethod
+    def encode(cls, encoder: Encoder, rows: list[dict]) -> list[dict]:
+        return encoder.ranking(rows)
+
+    @property
+    def trained_model(self) -> torch.nn.Module:
+        return self.reward_model
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rewards = sequence_rewards(self.reward_model, batch)  # (n,)
+        better, worse = batch["pairs"].unbind(1)  # (P,), (P,)
+        r_chosen, r_rejected = rewards[better], rewards[worse]  # (P,), (P,)
+        losses = bradley_terry(r_chosen, r_rejected, margin=self.cfg.margin, center_coef=self.cfg.center_coef)  # (P,)
+        loss = self.global_token_mean(losses.sum(), len(losses))  # the mean over every pair of the global batch
+        margin = (r_chosen - r_rejected).detach()  # (P,)
+        return loss, {"accuracy": (margin > 0).float().mean(), "margin": margin.mean()}
+
+
+@hookimpl
+def rlhf_lab_add_objectives(register):
+    register.add_objective("rm", RewardModel, RMConfig)

@@ -1,0 +1,97 @@
+"""Reward sources for online RL, chosen with ``reward=<name>`` (a config group plugins extend).
+
+A source's factory ``factory(cfg, tokenizer)`` returns ``score(prompts, completions) -> list[float]``:
+the rows' prompts (text, or a chat as a list of messages) and the completions' text. A score
+function may also name columns of the prompt rows as keyword arguments (``answer``, ``task``, or
+``**columns`` for all): they are passed for the same rows. If ``score`` has a ``gold`` attribute
+(a function of the same form) it is the gold score of a lab setting: the objective logs it
+beside the reward it optimises.
+
+``Reward`` wraps a score function for the trainer: it passes the columns, checks that every
+score is a finite number, and turns any failure into a ``RewardError`` that names the source.
+With no ``reward`` chosen, online RL uses ``verifiable``: the exact-answer reward that prompt rows
+with an ``answer`` column define.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf_lab.errors import ConfigError, RlhfLabError
+
+DEFAULT_REWARD = "verifiable"
+
+
+class RewardError(RlhfLabError):
+    """A reward source failed or returned something that is not a finite number per completion."""
+
+
+def _qualified(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+class Reward:
+    def __init__(self, name: str, score: Callable[..., list[float]]):
+        self.name = name  # for messages: "'python' (my_module:score)"
+        self.score = score
+        self.gold = getattr(score, "gold", None)
+
+    def __call__(self, prompts: list, completions: list[str], rows: list[dict]) -> torch.Tensor:
+        """(N,) float32 scores of ``completions``; raises ``RewardError`` naming the source."""
+        return self._checked(self.score, "reward", prompts, completions, rows)
+
+    def gold_scores(self, prompts: list, completions: list[str], rows: list[dict]) -> torch.Tensor:
+        return self._checked(self.gold, "gold score", prompts, completions, rows)
+
+    def _checked(self, fn: Callable, what: str, prompts: list, completions: list[str], rows: list[dict]) -> torch.Tensor:
+        try:
+            values = list(fn(prompts, completions, **self._columns(fn, what, rows)))
+        except RlhfLabError:
+            raise
+        except Exception as exc:
+            raise RewardError(f"{what} {self.name} raised {type(exc).__name__}: {exc}") from exc
+        if len(values) != len(completions):
+            raise RewardError(f"{what} {self.name} returned {len(values)} scores for {len(completions)} completions.")
+        for i, value in enumerate(values):
+            try:
+                finite = math.isfinite(float(value))
+            except (TypeError, ValueError):
+                finite = False
+            if not finite:
+                raise RewardError(
+                    f"{what} {self.name} returned {value!r} for completion {i} {completions[i][:60]!r} "
+                    f"(prompt {str(prompts[i])[:60]!r}); every score must be a finite number."
+                )
+        return torch.tensor([float(v) for v in values], dtype=torch.float32)
+
+    def _columns(self, fn: Callable, what: str, rows: list[dict]) -> dict[str, list]:
+        """The row columns that ``fn`` names after (prompts, completions), or all for ``**columns``."""
+        target = fn.forward if isinstance(fn, torch.nn.Module) else fn  # a module's __call__ hides its signature
+        params = list(inspect.signature(target).parameters.values())[2:]
+        available = set(rows[0]) if rows else set()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return {k: [row[k] for row in rows] for k in available}
+        missing = [p.name for p in params if p.default is p.empty and p.name not in available]
+        if missing:
+            raise RewardError(
+                f"{what} {self.name} needs column(s) {missing} that the prompt rows lack "
+                f"(they have {sorted(available)}); add them to the data or choose another reward=..."
+            )
+        return {p.name: [row[p.name] for row in rows] for p in params if p.name in available}
+
+
+def build_reward(cfg: DictConfig | None, entries: dict[str, Any], tokenizer) -> Reward:
+    """The ``reward`` group's source (``entries``: the registry's rewards by name), or the default."""
+    if cfg is None:
+        cfg = OmegaConf.structured(entries[DEFAULT_REWARD].schema(name=DEFAULT_REWARD))
+    if cfg.name not in entries:
+        raise ConfigError(f"No reward named '{cfg.name}' is registered (known: {', '.join(sorted(entries))}).")
+    entry = entries[cfg.name]
+    score = entry.target(cfg, tokenizer)
+    origin = "" if entry.plugin.entry_point == "built-in" else f", from {entry.plugin}"
+    return Reward(f"'{cfg.name}' ({_qualified(score)}{origin})", score)

@@ -1,0 +1,83 @@
+"""A rollout batch and the forward passes over it.
+
+N sequences laid out as ``[left-padded prompt (P) | completion, right-padded (C)]``: every
+completion starts at column P, so the logits and values that concern completion tokens are one
+slice of the sequence. Position ids skip the left padding, so a prompt's tokens sit at the
+positions they would have alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from rlhf_lab.models import unwrap
+
+
+@dataclass
+class Rollout:
+    """Sampled completions and what the update reads. Tensors are indexed by sequence first."""
+
+    input_ids: Tensor  # (N, P + C)
+    attention_mask: Tensor  # (N, P + C) 0 on padding
+    mask: Tensor  # (N, C) 1 on completion tokens up to and including EOS
+    scores: Tensor  # (N,) R(x, y): the reward source's score (after any missing-EOS penalty)
+    logps: Tensor  # (N, C) log pi_old(y_t | x, y_<t): the policy that sampled
+    ref_logps: Tensor  # (N, C) log pi_ref(y_t | x, y_<t)
+    values: Tensor | None = None  # (N, C) V(s_t), the critic's estimate before each token (PPO)
+    advantages: Tensor | None = None  # (N, C) A_t
+    returns: Tensor | None = None  # (N, C) value targets (PPO)
+
+    @classmethod
+    def layout(cls, prompts: list[list[int]], completions: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor, Tensor]:
+        """(input_ids, attention_mask, mask) for prompt and completion token ids."""
+        p_width, c_width = max(map(len, prompts)), max(map(len, completions))
+        rows = [[pad_id] * (p_width - len(p)) + p + c + [pad_id] * (c_width - len(c)) for p, c in zip(prompts, completions)]
+        real = [[0] * (p_width - len(p)) + [1] * (len(p) + len(c)) + [0] * (c_width - len(c)) for p, c in zip(prompts, completions)]
+        input_ids = torch.tensor(rows, device=device)  # (N, P + C)
+        attention_mask = torch.tensor(real, device=device)  # (N, P + C)
+        return input_ids, attention_mask, attention_mask[:, p_width:].float()
+
+    @property
+    def completion_ids(self) -> Tensor:
+        return self.input_ids[:, -self.mask.shape[1] :]  # (N, C)
+
+    def minibatches(self, count: int, generator: torch.Generator | None = None) -> Iterator[Rollout]:
+        """``count`` random disjoint minibatches covering the rollout once."""
+        order = torch.randperm(len(self.scores), generator=generator).to(self.scores.device)
+        for idx in order.chunk(count):
+            yield replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self) if getattr(self, f.name) is not None})
+
+
+def _inputs(input_ids: Tensor, attention_mask: Tensor) -> dict:
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (N, P + C)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+
+
+def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float) -> Tensor:
+    """(N, C = width, V) logits / temperature at the C positions that predict completion tokens:
+    the distribution sampled from. The LM head runs at those positions only (``logits_to_keep``)."""
+    logits = model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1]  # (N, C, V)
+    return logits.float() / temperature
+
+
+def token_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """(N, C) log p(y_t | x, y_<t) of the ``targets`` (N, C) under ``logits`` (N, C, V)."""
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """(N, C) H(p) = logsumexp(l) - sum_v p_v * l_v of each next-token distribution."""
+    return logits.logsumexp(-1) - (logits.softmax(-1) * logits).sum(-1)
+
+
+def completion_values(value_model, input_ids: Tensor, attention_mask: Tensor, width: int) -> Tensor:
+    """(N, C = width) V(s_t): a scalar head (``AutoModelForSequenceClassification``'s ``score``)
+    read at every position that precedes a completion token, i.e. before each action."""
+    base = unwrap(value_model)
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(**_inputs(input_ids, attention_mask)).last_hidden_state[:, -width - 1 : -1]  # (N, C, H)
+    return base.score(hidden).squeeze(-1).float()  # (N, C)

@@ -1,0 +1,45 @@
+"""Pipelines as real subprocesses at tiny sizes: stages chain their exports, share a W&B group,
+stop at a failing stage, and a re-run resumes from the first unfinished stage."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+pytestmark = pytest.mark.slow
+TINY = ["trainer.max_steps=2", "data.num_rows=64", "data.eval_prompts=8", "data.eval_pairs=16", "logger=csv"]
+
+
+def stage_config(run_dir, stage):
+    return OmegaConf.load(run_dir / stage / ".hydra" / "config.yaml")
+
+
+def test_rlhf_stages_chain_their_exports(cli):
+    result = cli("pipeline=rlhf", *TINY)
+    assert result.returncode == 0, result.output
+    run = result.run_dir
+    sft, rm, ppo = (stage_config(run, s) for s in ("sft", "rm", "ppo"))
+    assert (sft.objective.name, rm.objective.name, ppo.objective.name) == ("sft", "rm", "ppo")
+    assert rm.model.name_or_path == ppo.model.name_or_path == str(run / "sft" / "model")
+    assert ppo.reward.path == str(run / "rm" / "model")
+    assert sft.experiment == rm.experiment == ppo.experiment == result.summary["wandb_group"]
+    summary = result.summary
+    assert {"rm/world/rm_accuracy", "rm/world/bayes_accuracy", "ppo/world/gold_reward", "ppo/world/kl", "ppo/world/proxy_reward"} <= set(summary)
+    assert "gold before" in result.stdout
+
+
+def test_failed_stage_stops_and_rerun_resumes_from_it(cli):
+    failed = cli("pipeline=dpo", *TINY, "objective.loss=no_such_loss")  # objective.* reach the last stage only
+    run = failed.run_dir
+    assert failed.returncode != 0
+    assert "stage 'dpo' failed" in failed.stderr and "no_such_loss" in failed.output
+    assert (run / "sft" / "summary.json").exists() and not (run / "dpo" / "summary.json").exists()
+    sft_done = (run / "sft" / "summary.json").stat().st_mtime_ns
+
+    resumed = cli("pipeline=dpo", *TINY, "objective.loss=sigmoid", "resume=auto", f"hydra.run.dir={run}")
+    assert resumed.returncode == 0, resumed.output
+    assert "stage sft already done" in resumed.output
+    assert (run / "sft" / "summary.json").stat().st_mtime_ns == sft_done  # not run again
+    assert stage_config(run, "dpo").model.name_or_path == str(run / "sft" / "model")
+    assert json.loads((run / "dpo" / "summary.json").read_text())["objective"] == "dpo"
+    assert "dpo/world/win_rate" in resumed.summary

@@ -1,0 +1,86 @@
+"""The gold-reward world: determinism, the gold reward by hand, Bradley-Terry labelling, Bayes accuracy."""
+
+import math
+import random
+
+import pytest
+
+from rlhf_lab.lab import world
+
+
+def test_same_seed_same_rows_and_disjoint_splits():
+    for fmt in ("sft", "preference", "prompt"):
+        assert world.generate(fmt, 50, seed=3) == world.generate(fmt, 50, seed=3)
+        assert world.generate(fmt, 50, seed=3) != world.generate(fmt, 50, seed=4)
+    train, val, test = (set(world.subjects(s)) for s in ("train", "validation", "test"))
+    assert (len(train), len(val), len(test)) == (70, 10, 10)
+    assert not (train & val or train & test or val & test)
+    assert {r["subject"] for r in world.generate("prompt", 200, split="test")} <= test
+
+
+@pytest.mark.parametrize(
+    "completion, gold",
+    [
+        ("it is sunny.", 1.0),
+        ("it is sunny and robot.", 0.0),  # (1.0 - 1.0) / 2
+        ("it is happy, brave and lemon.", (0.8 + 0.6 - 0.8) / 3),
+        ("it is sunny and sunny.", 1.0 - 0.5),  # fluent, one repeat
+        ("it is sunny, sunny and sunny.", 1.0 - 2 * 0.5),
+        ("sunny sunny", 1.0 - 1.0 - 0.5),  # not a sentence of the grammar, one repeat
+        ("it is sunny", 1.0 - 1.0),  # no full stop
+        ("it is sunny, happy.", 0.9 - 1.0),  # a list needs "and" before its last word
+        ("the castle is sunny.", 1.0 - 1.0),
+        ("", -1.0),
+    ],
+)
+def test_gold_reward_by_hand(completion, gold):
+    assert world.gold_reward(completion) == pytest.approx(gold)
+
+
+def test_generated_completions_are_fluent_and_centred():
+    rows = world.generate("sft", 2000)
+    assert all(world.is_fluent(r["completion"]) for r in rows)
+    assert abs(sum(world.gold_reward(r["completion"]) for r in rows) / len(rows)) < 0.05
+
+
+def test_bayes_accuracy_by_hand():
+    # sigmoid(|1 - 0| / 0.5) = sigmoid(2); a tie is a coin flip
+    expected = (1 / (1 + math.exp(-2)) + 0.5) / 2
+    assert world.bayes_accuracy([(1.0, 0.0), (0.5, 0.5)], temperature=0.5) == pytest.approx(expected)
+    assert world.bayes_accuracy([(0.0, 1.0)], temperature=0.5) == pytest.approx(1 / (1 + math.exp(-2)))
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_bradley_terry_labels_follow_the_temperature(temperature):
+    """The share of pairs whose chosen answer has the higher gold reward matches the Bradley-Terry
+    expectation (the Bayes-optimal accuracy) within 4 standard errors."""
+    rows = world.generate("preference", 4000, temperature=temperature)
+    pairs = [(world.gold_reward(r["chosen"]), world.gold_reward(r["rejected"])) for r in rows]
+    agree = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in pairs) / len(pairs)
+    expected = world.bayes_accuracy(pairs, temperature)
+    assert abs(agree - expected) < 4 * math.sqrt(expected * (1 - expected) / len(pairs))
+    assert all(r["chosen"] != r["rejected"] for r in rows)
+
+
+def test_preference_probability_is_bradley_terry():
+    assert world.preference_probability(0.3, 0.3, 0.25) == 0.5
+    assert world.preference_probability(1.0, 0.5, 0.25) == pytest.approx(1 / (1 + math.exp(-2)))
+
+
+def test_arithmetic_rows_have_correct_worked_steps():
+    for row in world.generate("prompt", 100, task="arith"):
+        expression = row["prompt"].removeprefix("Compute ").removesuffix(".")
+        assert str(eval(expression)) == row["answer"]
+        for step in row["rationale"].split(". "):
+            lhs, rhs = step.rstrip(".").split(" = ")
+            assert eval(lhs) == int(rhs)
+    sft = world.generate("sft", 4, task="arith")
+    int(sft[0]["completion"])  # a direct answer
+    assert sft[1]["prompt"].endswith(world.COT_TRIGGER) and "The answer is" in sft[1]["completion"]
+
+
+def test_sample_completion_uses_one_to_three_distinct_descriptors():
+    rng = random.Random(0)
+    for _ in range(200):
+        words = world.descriptors(world.sample_completion(rng))
+        assert 1 <= len(words) <= world.MAX_DESCRIPTORS and len(set(words)) == len(words)

@@ -1,0 +1,58 @@
+"""GRPO and RLOO on the real tiny model: groups of k completions per prompt, advantages within
+each group, KL 0 at step 0, learning a simple reward, and a large beta keeping the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.objectives.grpo import GRPO, RLOO, GRPOConfig, RLOOConfig
+from tests.rewards.functions import length, share_of_a
+from tests.rollout.runs import ENV, LEARN, curve, head, make_system, prompt_rows, tail
+
+
+@pytest.mark.parametrize("system_cls,cfg_cls", [(GRPO, GRPOConfig), (RLOO, RLOOConfig)])
+def test_groups_of_k_completions_share_a_prompt_and_centre_their_advantages(tiny_tokenizer, system_cls, cfg_cls):
+    system = make_system(system_cls, cfg_cls, tiny_tokenizer, length, num_generations=3, max_new_tokens=5)
+    torch.manual_seed(0)
+    rollout, metrics = system.rollout(prompt_rows(system_cls, tiny_tokenizer, n=4))
+    assert rollout.input_ids.shape[0] == 12  # 4 prompts x 3 completions
+    prompts = rollout.input_ids[:, : -rollout.mask.shape[1]].view(4, 3, -1)
+    assert all(torch.equal(group[0], member) for group in prompts for member in group)  # consecutive rows: one prompt
+    assert torch.equal(rollout.logps, rollout.ref_logps) and metrics["train/kl"].item() == 0.0
+    assert rollout.values is None  # critic-free
+    system.estimate_advantages(rollout, metrics)
+    per_completion = rollout.advantages[:, 0]  # (12,) every token of a completion shares its advantage
+    assert torch.equal(rollout.advantages, per_completion[:, None] * rollout.mask)
+    assert per_completion.view(4, 3).sum(1).tolist() == pytest.approx([0.0] * 4, abs=1e-4)  # centred within each group
+
+
+def test_a_group_needs_two_completions(tiny_tokenizer):
+    with pytest.raises(ConfigError, match="objective.num_generations must be >= 2"):
+        make_system(GRPO, GRPOConfig, tiny_tokenizer, length, num_generations=1)
+
+
+def test_grpo_learns_a_simple_reward_and_a_large_beta_stays_at_the_reference(cli):
+    runs = {}
+    for beta in (0.04, 1.0):
+        res = cli("objective=grpo", *LEARN, f"objective.beta={beta}", "data.batch_size=8", "trainer.max_steps=40", env=ENV)
+        assert res.returncode == 0, res.output[-3000:]
+        runs[beta] = {key: curve(res.run_dir, key) for key in ("train/reward", "train/kl", "train/kl_loss", "train/response_length")}
+    reward, kl = runs[0.04]["train/reward"], runs[0.04]["train/kl"]
+    assert kl[0] == 0.0 and runs[0.04]["train/kl_loss"][0] == 0.0
+    assert tail(reward) > 2 * head(reward) and tail(reward) > head(reward) + 0.1, reward
+    # GRPO's objective, R - beta * KL per token (its KL term is a mean over tokens), improves too
+    objective = [r - 0.04 * k / n for r, k, n in zip(reward, kl, runs[0.04]["train/response_length"])]
+    assert tail(objective) > head(objective), (reward, kl)
+    close_reward, close_kl = runs[1.0]["train/reward"], runs[1.0]["train/kl"]
+    assert tail(close_kl, 10) < 1.0 and tail(close_kl, 10) < tail(kl, 10) / 5, (close_kl, kl)
+    assert tail(close_reward, 10) < tail(reward, 10) - 0.05
+
+
+def test_rloo_runs_through_the_cli(cli):
+    res = cli("objective=rloo", *LEARN, "data.batch_size=4", "trainer.max_steps=3", env=ENV)
+    assert res.returncode == 0, res.output[-3000:]
+    summary = res.summary
+    assert summary["objective"] == "rloo" and summary["global_step"] == 3
+    assert {"train/reward", "train/kl", "train/policy_loss", "train/clipfrac"} <= set(summary)

@@ -1,0 +1,144 @@
+"""PPO on the real tiny model: KL 0 at step 0, the rollout's reward shaping, max_steps counting
+rollouts, learning a simple reward (and staying at the reference under a large beta), reward
+sources through the CLI, and a failing reward stopping the run with the last checkpoint kept."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rlhf_lab.config import DataConfig, LoraConfig, ModelConfig, OptimConfig
+from rlhf_lab.data.builtin import load_synthetic
+from rlhf_lab.data.module import DataModule
+from rlhf_lab.data.tokenize import Encoder
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.models import load_reward_model
+from rlhf_lab.objectives.ppo import PPO, PPOConfig
+from tests.rewards.functions import length, share_of_a
+from tests.rollout.runs import ENV, LEARN, QUICK, curve, head, make_system, prompt_rows, tail
+
+METRICS = (
+    "train/reward", "train/kl", "train/entropy", "train/policy_loss", "train/value_loss", "train/clipfrac",
+    "train/approx_kl", "train/response_length", "train/rollout_tokens_per_s",
+    "time/generate_s", "time/score_s", "time/forward_s", "time/update_s",
+)
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_kl_is_exactly_zero_at_step_zero(tiny_tokenizer, lora):
+    model_cfg = ModelConfig(lora=LoraConfig(r=lora))
+    system = make_system(PPO, PPOConfig, tiny_tokenizer, share_of_a, model_cfg=model_cfg, max_new_tokens=6)
+    assert (system.reference is None) == bool(lora)  # LoRA: the reference is the policy without adapters
+    torch.manual_seed(0)
+    rollout, metrics = system.rollout(prompt_rows(PPO, tiny_tokenizer))
+    assert torch.equal(rollout.logps, rollout.ref_logps)  # the policy is the reference: not close, equal
+    assert metrics["train/kl"].item() == 0.0
+    assert torch.equal(rollout.values, torch.zeros_like(rollout.values))  # the critic starts at V = 0
+    assert rollout.mask.sum(1).max().item() <= 6
+
+
+def test_rollout_scores_and_missing_eos_penalty(tiny_tokenizer):
+    system = make_system(PPO, PPOConfig, tiny_tokenizer, length, max_new_tokens=3, missing_eos_penalty=10.0)
+    torch.manual_seed(0)
+    rows = prompt_rows(PPO, tiny_tokenizer, n=16)
+    rollout, metrics = system.rollout(rows)
+    texts = tiny_tokenizer.batch_decode(rollout.completion_ids * rollout.mask.long(), skip_special_tokens=True)
+    raw = torch.tensor([float(len(t)) for t in texts])
+    ended = rollout.completion_ids.gather(1, rollout.mask.sum(1, keepdim=True).long() - 1).squeeze(1) == tiny_tokenizer.eos_token_id
+    # R(x, y) minus 10 for every completion that hit max_new_tokens without EOS
+    assert rollout.scores.tolist() == pytest.approx((raw - 10.0 * (~ended).float()).tolist())
+    assert metrics["train/reward"].item() == pytest.approx(raw.mean().item())  # logged before the penalty
+    whitened, _ = make_system(PPO, PPOConfig, tiny_tokenizer, length, max_new_tokens=3, whiten_rewards=True).rollout(rows)
+    assert whitened.scores.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert whitened.scores.std().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_max_steps_counts_rollouts_not_optimiser_steps(tiny_tokenizer):
+    system = make_system(PPO, PPOConfig, tiny_tokenizer, share_of_a, max_new_tokens=4, epochs=2, minibatches=3)
+    data_cfg = OmegaConf.structured(DataConfig(loader="synthetic", num_rows=64, batch_size=6, val_fraction=0, max_length=64))
+    data = DataModule(data_cfg, "prompt", PPO.encode, Encoder(tiny_tokenizer, 64), {"synthetic": load_synthetic}, seed=0)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(system, datamodule=data)
+    assert trainer.global_step == 3
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 3  # rollouts
+    optimizer = trainer.optimizers[0]
+    steps = {int(optimizer.state[p]["step"]) for group in optimizer.param_groups for p in group["params"]}
+    assert steps == {3 * 2 * 3}  # rollouts x epochs x minibatches optimiser steps, on policy and critic alike
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3  # the schedule advances once per rollout
+
+
+def test_config_errors(tiny_tokenizer):
+    with pytest.raises(ConfigError, match="objective.kl_estimator must be one of k1, k2, k3"):
+        make_system(PPO, PPOConfig, tiny_tokenizer, share_of_a, kl_estimator="k4")
+    with pytest.raises(ConfigError, match="set optim.accumulate_grad_batches=1"):
+        make_system(PPO, PPOConfig, tiny_tokenizer, share_of_a, optim=OptimConfig(accumulate_grad_batches=2))
+
+
+def test_runs_out_of_the_box_with_the_datas_verifiable_reward(cli):
+    res = cli("objective=ppo", "logger=csv", "trainer.max_steps=2", "data.num_rows=60", "data.batch_size=8", env=ENV)
+    assert res.returncode == 0, res.output[-3000:]
+    summary = res.summary
+    assert summary["global_step"] == 2 and summary["objective"] == "ppo"
+    for key in (*METRICS, "val/reward"):
+        assert key in summary, key
+    assert 0.0 <= summary["train/reward"] <= 1.0  # exact answers of the synthetic tasks: 1 right, 0 wrong
+    assert (res.run_dir / "model" / "model.safetensors").exists()
+
+
+def test_learns_a_simple_reward_and_a_large_beta_stays_at_the_reference(cli):
+    runs = {}
+    for beta in (0.01, 1.0):
+        res = cli("objective=ppo", *LEARN, f"objective.beta={beta}", "objective.epochs=2", "data.batch_size=16", "trainer.max_steps=60", env=ENV)
+        assert res.returncode == 0, res.output[-3000:]
+        runs[beta] = {key: curve(res.run_dir, key) for key in ("train/reward", "train/kl")}
+    reward, kl = runs[0.01]["train/reward"], runs[0.01]["train/kl"]
+    assert kl[0] == 0.0
+    assert tail(reward) > 2 * head(reward) and tail(reward) > head(reward) + 0.1, reward
+    # the KL-regularised objective R - beta * KL improves too: the reward gained outweighs the KL paid
+    objective = [r - 0.01 * k for r, k in zip(reward, kl)]
+    assert tail(objective) > head(objective) + 0.05, (reward, kl)
+    close_reward, close_kl = runs[1.0]["train/reward"], runs[1.0]["train/kl"]
+    assert tail(close_kl, 10) < 1.0 and tail(close_kl, 10) < tail(kl, 10) / 5, (close_kl, kl)
+    assert tail(close_reward, 10) < tail(reward, 10) - 0.05
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory, tiny_tokenizer):
+    model = load_reward_model(ModelConfig(), tiny_tokenizer.pad_token_id)
+    out = tmp_path_factory.mktemp("rm")
+    model.save_pretrained(out)
+    tiny_tokenizer.save_pretrained(out)
+    return out
+
+
+def test_reward_model_by_path_with_a_gold_score_and_adaptive_beta(cli, reward_model_dir):
+    res = cli(
+        "objective=ppo", *QUICK, "reward=model", f"reward.path={reward_model_dir}", "reward.gold_fn=tests.rewards.functions:share_of_a",
+        "objective.target_kl=0.001", "objective.kl_horizon=100", "objective.max_new_tokens=6",
+        "trainer.max_steps=3", "data.num_rows=60", "data.batch_size=8", env=ENV,
+    )
+    assert res.returncode == 0, res.output[-3000:]
+    summary = res.summary
+    assert "train/reward_gold" in summary and 0.0 <= summary["train/reward_gold"] <= 1.0
+    beta = curve(res.run_dir, "train/beta")
+    # step 0 has KL 0, below the target: e = clip(0 / 0.001 - 1, -0.2, 0.2) = -0.2, beta * (1 - 0.2 * 8 / 100)
+    assert beta[:2] == pytest.approx([0.05, 0.05 * 0.984])
+
+
+@pytest.mark.parametrize("failure,message", [("raise", "raised ConnectionError: judge service unreachable"), ("nan", "returned nan for completion 0")])
+def test_a_failing_reward_stops_the_run_and_keeps_the_last_checkpoint(cli, failure, message):
+    res = cli(
+        "objective=ppo", "logger=csv", "data.val_fraction=0", "reward=python", "reward.fn=tests.rewards.functions:fails_later",
+        "objective.max_new_tokens=4", "data.num_rows=80", "data.batch_size=8", "trainer.max_steps=10", "trainer.checkpoint_every_n_steps=2",
+        env={**ENV, "FAIL_AT_CALL": "4", "FAIL_WITH": failure},
+    )
+    assert res.returncode == 1, res.output[-3000:]
+    assert f"rlhf_lab: error: reward 'python' (tests.rewards.functions:fails_later) {message}" in res.stderr
+    assert "Traceback" not in res.output
+    assert not (res.run_dir / "summary.json").exists() and not (res.run_dir / "model").exists()
+    # rollouts 1-3 trained; the 4th failed before any update: the checkpoint of step 2 is intact
+    last = torch.load(res.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 2
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())

@@ -1,0 +1,76 @@
+"""Rollout layout, forward passes on left-padded batches, and the HF generation backend, on the tiny model."""
+
+import pytest
+import torch
+
+from rlhf_lab.config import ModelConfig
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.models import load_causal_lm, load_reward_model
+from rlhf_lab.rollout.experience import Rollout, completion_logits, completion_values, entropy, token_logps
+from rlhf_lab.rollout.generation import HFGenerator, Sampling, build_generator, cut_at_eos
+
+PROMPTS = [[3, 40, 41, 42], [3, 50]]
+COMPLETIONS = [[60, 61, 2], [70]]
+
+
+def test_layout_left_pads_prompts_and_right_pads_completions():
+    input_ids, attention_mask, mask = Rollout.layout(PROMPTS, COMPLETIONS, pad_id=0, device="cpu")
+    assert input_ids.tolist() == [[3, 40, 41, 42, 60, 61, 2], [0, 0, 3, 50, 70, 0, 0]]
+    assert attention_mask.tolist() == [[1] * 7, [0, 0, 1, 1, 1, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_completion_logits_and_values_match_each_sequence_alone():
+    policy = load_causal_lm(ModelConfig()).eval()
+    critic = load_reward_model(ModelConfig(), pad_token_id=0).eval()
+    input_ids, attention_mask, mask = Rollout.layout(PROMPTS, COMPLETIONS, pad_id=0, device="cpu")
+    with torch.no_grad():
+        logits = completion_logits(policy, input_ids, attention_mask, width=3, temperature=0.5)  # (2, 3, V)
+        values = completion_values(critic, input_ids, attention_mask, width=3)  # (2, 3)
+        for i, (p, c) in enumerate(zip(PROMPTS, COMPLETIONS)):
+            alone = torch.tensor([p + c])
+            positions = slice(len(p) - 1, len(p) + len(c) - 1)  # the positions that predict c
+            expected = policy(alone).logits[0, positions] / 0.5
+            torch.testing.assert_close(logits[i, : len(c)], expected, atol=1e-5, rtol=1e-5)
+            hidden = critic.model(alone).last_hidden_state[0, positions]
+            torch.testing.assert_close(values[i, : len(c)], critic.score(hidden).squeeze(-1), atol=1e-5, rtol=1e-5)
+    logps = token_logps(logits, input_ids[:, -3:])
+    torch.testing.assert_close(logps, logits.log_softmax(-1).gather(-1, input_ids[:, -3:, None]).squeeze(-1))
+    probs = logits.softmax(-1)
+    torch.testing.assert_close(entropy(logits), -(probs * probs.log()).sum(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_minibatches_cover_the_rollout_once():
+    n = 10
+    rollout = Rollout(
+        input_ids=torch.arange(n)[:, None].repeat(1, 3), attention_mask=torch.ones(n, 3), mask=torch.ones(n, 2),
+        scores=torch.arange(n, dtype=torch.float), logps=torch.zeros(n, 2), ref_logps=torch.zeros(n, 2),
+    )
+    parts = list(rollout.minibatches(3, torch.Generator().manual_seed(0)))
+    assert len(parts) == 3 and parts[0].values is None
+    seen = torch.cat([part.scores for part in parts])
+    assert sorted(seen.tolist()) == list(range(n))
+    for part in parts:
+        assert torch.equal(part.input_ids[:, 0].float(), part.scores)  # rows stay aligned across fields
+
+
+def test_cut_at_eos_keeps_the_eos():
+    assert cut_at_eos([5, 6, 2, 0, 0], eos_id=2) == [5, 6, 2]
+    assert cut_at_eos([5, 6, 7], eos_id=2) == [5, 6, 7]
+
+
+def test_hf_generator_samples_up_to_max_new_tokens_and_stops_at_eos(tiny_tokenizer):
+    policy = load_causal_lm(ModelConfig()).eval()
+    generator = HFGenerator(policy, tiny_tokenizer)
+    torch.manual_seed(0)
+    completions = generator.generate([[3, 40, 41]] * 64 + [[3, 50]] * 64, Sampling(max_new_tokens=40, temperature=1.0, top_p=1.0))
+    eos = tiny_tokenizer.eos_token_id
+    assert len(completions) == 128
+    assert all(1 <= len(c) <= 40 for c in completions)
+    assert all(eos not in c[:-1] for c in completions)  # nothing after the first EOS
+    assert any(c[-1] == eos and len(c) < 40 for c in completions)  # some stopped early, at EOS
+
+
+def test_unknown_generator_is_a_config_error(tiny_tokenizer):
+    with pytest.raises(ConfigError, match="objective.generator must be one of hf, vllm"):
+        build_generator("tgi", torch.nn.Linear(1, 1), tiny_tokenizer)
