@@ -45,19 +45,19 @@ sys.path.insert(0, str(REPO))
 
 MODEL = dict(vocab_size=8192, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=4, head_dim=32, max_position_embeddings=512, tie_word_embeddings=False)
-# rlhf_lab's settings for the job (see RESULTS.md). Padding-free is off: on CPU, transformers' sdpa
-# attends over a packed row with a dense block-diagonal mask, quadratic in the whole pack, which
-# costs more than the padding it saves here (README.md, "padding-free on CPU").
+# rlhf_lab's settings for the job (see RESULTS.md): padding-free packing into rows of at most
+# max_length tokens (first fit, longest first), so no compute goes to padding and attention stays
+# quadratic in a row of 128 tokens, not in the whole batch.
 LAB_FAST = {
-    "dpo": ["objective.reference=precompute", "data.padding_free=false", "model.sparse_head=true"],
-    "rm": ["data.padding_free=false"],
-    "sft": ["data.padding_free=false", "model.sparse_head=true"],
+    "dpo": ["objective.reference=precompute", "data.padding_free=true", "model.sparse_head=true"],
+    "rm": ["data.padding_free=true"],
+    "sft": ["data.padding_free=true", "model.sparse_head=true"],
 }
 # system name -> extra rlhf_lab overrides or TRL config fields; "trl" is TRL's defaults plus what the job pins.
 SYSTEMS = {
     "rlhf_lab": [],
     "rlhf_lab_grouped": ["data.group_by_length=true"],  # batches of similar lengths: less padding, other first batch
-    "rlhf_lab_packed": ["data.padding_free=true"],
+    "rlhf_lab_padded": ["data.padding_free=false"],  # padded to the longest sequence of each batch
     "trl": ["gradient_checkpointing=true"],  # TRL's default (TrainingArguments' is False; TRL's _BaseConfig sets True)
     "trl_no_gc": ["gradient_checkpointing=false"],  # the same arithmetic as rlhf_lab: no recomputation
     "trl_precompute": ["gradient_checkpointing=true", "precompute_ref_log_probs=true"],  # DPO only
@@ -73,10 +73,12 @@ either system), beta 0.1, AdamW lr 1e-4 constant without warmup, grad clip 1.0, 
 epoch), CPU, rows in file order (the first batches are identical, so the step-0 losses must be
 equal, and they are; with equal batches the last losses agree to 1e-6 as well).
 
-- **rlhf_lab**: `data.padding_free=false` (see below), `model.sparse_head=true` (LM head only on
-  completion positions), DPO `objective.reference=precompute` (a fresh cache directory: no cache
-  hit). **rlhf_lab_grouped** adds `data.group_by_length=true` (less padding; a different, seeded
-  batch order, so its step-0 loss is over another first batch: not a parity row).
+- **rlhf_lab**: `data.padding_free=true` (each batch packed into rows of at most 128 tokens, first
+  fit longest first, position ids restarting per sequence: no compute on padding, attention
+  quadratic in a 128-token row only), `model.sparse_head=true` (LM head only on completion
+  positions), DPO `objective.reference=precompute` (a fresh cache directory: no cache hit).
+  **rlhf_lab_padded**: the same with `data.padding_free=false` (padded to the longest sequence of
+  each batch). Both see the same batches in the same order, so both are parity rows.
 - **trl**: TRL 1.16 defaults except what the job pins (`bf16=False`, `use_cpu=True`, no eval or
   saving, `logging_steps=1`, `report_to=none`, a sequential sampler): so `gradient_checkpointing=True`
   (TRL's default), `padding_free=False` (ignored by DPO anyway), `precompute_ref_log_probs=False`
@@ -93,10 +95,9 @@ equal, and they are; with equal batches the last losses agree to 1e-6 as well).
   6 x non-embedding layer parameters + causal attention 6 x layers x d x position, the LM head
   (6 x d x V) only on scored (completion) tokens, DPO + 1/3 for the reference forward. MFU = model
   FLOP/s / measured fp32 matmul peak.
-- Padding-free is off for rlhf_lab because on CPU transformers' sdpa attends over a packed row with a
-  dense block-diagonal mask: attention becomes quadratic in the whole pack (about 2,100 tokens for a
-  DPO batch) and a DPO fwd+bwd took 2.0x as long packed as padded (1 thread, 16 pairs: 2.52 s vs 1.24 s).
-
+- Why rows and not one packed row: on CPU transformers' sdpa attends over a packed row with a dense
+  block-diagonal mask, quadratic in the row; a whole DPO batch in one row (about 2,100 tokens) took
+  2.0x as long as padded (1 thread, 16 pairs: 2.52 s vs 1.24 s).
 """
 TARGETS = {"dpo": 2.0, "rm": 1.5, "sft": 1.5}  # the issue: rlhf_lab's throughput over TRL's, at equal or lower peak RSS
 MARKER_START, MARKER_END = "<!-- train_vs_trl:start -->", "<!-- train_vs_trl:end -->"

@@ -15,6 +15,7 @@ from rlhf_lab.models.lm import Scored, score_labels
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.plugins import Registry
 from rlhf_lab.prompting import Doc, Prompt, Strategy, Task
+from rlhf_lab.rewards import RewardError
 
 __all__ = [
     "HOOK_API_VERSION",
@@ -31,6 +32,7 @@ __all__ = [
     "PromptingConfig",
     "Registry",
     "RewardConfig",
+    "RewardError",
     "Scored",
     "SourceConfig",
     "Strategy",

@@ -70,7 +70,8 @@ class DataConfig(SourceConfig):
     on_overflow: str = "truncate"  # truncate (counted and reported) | error
     invalid_rows: str = "error"  # error: stop before training naming the row | drop: skip and count
     shuffle: bool = True
-    padding_free: bool = False  # pack each batch into one row with restarting position ids: no compute on padding
+    padding_free: bool = False  # pack each batch into rows of up to pack_width tokens with restarting position ids: no compute on padding
+    pack_width: Optional[int] = None  # padding_free row width in tokens; None: max_length; 0: the whole batch in one row
     group_by_length: bool = False  # batch rows of similar length together to reduce padding
     chat_template: str = "auto"  # auto: use the tokenizer's chat template when it has one | never
     num_workers: int = 0

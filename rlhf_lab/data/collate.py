@@ -1,4 +1,4 @@
-"""Batches of token sequences: padded to the longest, or padding-free (one packed row).
+"""Batches of token sequences: padded to the longest, or padding-free (packed rows).
 
 Each feature holds ``sequences`` (one for SFT, chosen + rejected for preferences, k ranked
 responses best first for a reward model). A batch lays them out sequence-major: all first
@@ -66,34 +66,62 @@ def pad_collate(features: list[dict], pad_id: int) -> dict:
     }
 
 
-def packed_collate(features: list[dict]) -> dict:
-    """All sequences in one row with restarting position ids; transformers builds a block-diagonal
-    causal mask from them, so no token attends across sequences and none is padding."""
+def packed_collate(features: list[dict], row_width: int = 0) -> dict:
+    """Padding-free: sequences packed into rows of at most ``row_width`` tokens (first fit,
+    longest first; 0 packs everything into one row) with position ids restarting at every
+    sequence. transformers builds a block-diagonal causal mask from the position ids, so no
+    token attends across sequences. Rows are padded to the longest row; the padding restarts its
+    own positions (its own block) and belongs to no sequence.
+
+    Several short rows rather than one long one keep attention's cost at row_width^2 per row:
+    on CPU, sdpa materialises the dense mask of a row."""
     seqs, shared = _flatten(features)
-    input_ids, labels, positions, seq_ids = [], [], [], []
-    for i, s in enumerate(seqs):
-        length = len(s["input_ids"])
-        input_ids += s["input_ids"]
-        labels += [IGNORE] + s["labels"][1:]  # the first token is never predicted from the previous sequence
-        positions += range(length)
-        seq_ids += [i] * length
+    width = max(row_width, max(len(s["input_ids"]) for s in seqs)) if row_width else sum(len(s["input_ids"]) for s in seqs)
+    rows: list[list[int]] = []  # sequence indices per row
+    room: list[int] = []
+    for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i]["input_ids"])):
+        length = len(seqs[i]["input_ids"])
+        r = next((r for r, free in enumerate(room) if free >= length), None)
+        if r is None:
+            rows.append([]), room.append(width)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= length
+    longest = max(width - free for free in room)
+    shape = (len(rows), longest)
+    input_ids = torch.zeros(shape, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    seq_ids = torch.full(shape, -1, dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in sorted(members):
+            s = seqs[i]
+            length = len(s["input_ids"])
+            input_ids[r, at : at + length] = torch.tensor(s["input_ids"])
+            labels[r, at + 1 : at + length] = torch.tensor(s["labels"][1:])  # never predicted from the previous sequence
+            position_ids[r, at : at + length] = torch.arange(length)
+            seq_ids[r, at : at + length] = i
+            at += length
+        position_ids[r, at:] = torch.arange(longest - at)
     return {
-        "input_ids": torch.tensor([input_ids]),  # (1, sum of lengths)
-        "labels": torch.tensor([labels]),
+        "input_ids": input_ids,  # (rows, T)
+        "labels": labels,
         "attention_mask": None,
-        "position_ids": torch.tensor([positions]),
-        "seq_ids": torch.tensor([seq_ids]),
+        "position_ids": position_ids,
+        "seq_ids": seq_ids,
         **shared,
         "num_sequences": len(seqs),
         "num_samples": len(features),
-        "num_tokens": len(input_ids),
+        "num_tokens": sum(len(s["input_ids"]) for s in seqs),
     }
 
 
 class Collator:
-    def __init__(self, pad_id: int, padding_free: bool):
+    def __init__(self, pad_id: int, padding_free: bool, row_width: int = 0):
         self.pad_id = pad_id
         self.padding_free = padding_free
+        self.row_width = row_width
 
     def __call__(self, features: list[dict]) -> dict:
-        return packed_collate(features) if self.padding_free else pad_collate(features, self.pad_id)
+        return packed_collate(features, self.row_width) if self.padding_free else pad_collate(features, self.pad_id)

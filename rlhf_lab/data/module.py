@@ -67,7 +67,7 @@ class DataModule(L.LightningDataModule):
             truncated=encoder.truncation.truncated,
             dropped_too_long=encoder.truncation.dropped,
         )
-        self.collate = Collator(encoder.tokenizer.pad_token_id, cfg.padding_free)
+        self.collate = Collator(encoder.tokenizer.pad_token_id, cfg.padding_free, cfg.max_length if cfg.pack_width is None else cfg.pack_width)
 
     def _loader(self, features: list[dict], batch_size: int, train: bool) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)

@@ -47,6 +47,7 @@ class DPOConfig(ObjectiveConfig):
     gamma: float = 0.5  # simpo only: target margin between length-normalised rewards
     reference: str = "precompute"  # precompute: score the data once before training, cached on disk | live: score every batch
     ref_cache_dir: str = ""  # where precomputed reference log-probs are kept; "" = $RLHF_LAB_CACHE/ref_logps (default ~/.cache/rlhf_lab)
+    nll_coef: float = 0.0  # alpha: adds alpha * NLL(chosen) (per token) to every pair's loss, RPO (https://arxiv.org/abs/2404.19733; TRL's rpo_alpha); 0: off
     disable_dropout: bool = True  # dropout makes pi and pi_ref disagree on the same weights (as TRL, off by default)
 
 
@@ -109,26 +110,45 @@ class DPO(Objective):
 
     def precompute_reference(self, features: list[dict], collate, batch_size: int) -> torch.Tensor:
         """(num_features, 2) reference log-probs of (chosen, rejected) for every pair, from the
-        on-disk cache when this model has scored these exact tokens before."""
+        on-disk cache when this model has scored these exact tokens before. With several
+        processes each scores every world_size-th pair and the results are gathered."""
         path = reference_cache_path(self.cfg.ref_cache_dir, self.models.cfg, features)
-        if path.exists():
+        world, rank = self.trainer.world_size if self._trainer else 1, self.trainer.global_rank if self._trainer else 0
+        hit = path.exists()
+        if world > 1:  # one decision for all ranks: a sweep may be writing the file right now
+            hits = [None] * world
+            torch.distributed.all_gather_object(hits, hit)
+            hit = all(hits)
+        if hit:
             log.info("reference log-probs: loaded %d pairs from cache %s", len(features), path)
-            return torch.load(path)
+            return torch.load(path, weights_only=True)
+        # Every rank runs the same number of batches (FSDP's collectives need it): the shares are
+        # padded to equal length with a repeat of the first pair, dropped afterwards.
+        share = features[rank::world]
+        share += features[:1] * (-(-len(features) // world) - len(share))
         # A fresh frozen copy, not the policy: on a resumed run the policy is no longer the initial one.
         reference = None if self.lora else self.models.reference().to(self.device)
         training = self.policy.training
         self.policy.eval()
-        ref_logps = []
-        for batch in DataLoader(features, batch_size=batch_size, collate_fn=collate):
+        mine = []
+        for batch in DataLoader(share, batch_size=batch_size, collate_fn=collate):
             batch = move_data_to_device(batch, self.device)
-            ref_logps.append(self.score_reference(batch, reference).view(2, -1).T.cpu())  # (b, 2)
+            mine.append(self.score_reference(batch, reference).view(2, -1).T.cpu())  # (b, 2)
         self.policy.train(training)
-        ref_logps = torch.cat(ref_logps)  # (num_features, 2)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(ref_logps, tmp)
-        os.replace(tmp, path)
-        log.info("reference log-probs: computed %d pairs, cached at %s", len(features), path)
+        mine = torch.cat(mine)  # (len(share), 2)
+        parts = [mine]
+        if world > 1:
+            parts = [None] * world
+            torch.distributed.all_gather_object(parts, mine)
+        ref_logps = torch.empty(len(features), 2)
+        for r, part in enumerate(parts):
+            ref_logps[r::world] = part[: len(range(r, len(features), world))]
+        if rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            torch.save(ref_logps, tmp)
+            os.replace(tmp, path)
+            log.info("reference log-probs: computed %d pairs over %d process(es), cached at %s", len(features), world, path)
         return ref_logps
 
     def on_fit_start(self) -> None:
@@ -154,6 +174,8 @@ class DPO(Objective):
         len_chosen, len_rejected = lengths.chunk(2)
         lp = PreferenceLogps(logp_chosen, logp_rejected, ref_chosen, ref_rejected, len_chosen, len_rejected)
         losses, r_chosen, r_rejected = self.loss_fn(lp, **self.loss_kwargs)  # (B,) each
+        if self.cfg.nll_coef:  # keeps the chosen answers likely: DPO alone can lower both (and fluency with them)
+            losses = losses - self.cfg.nll_coef * logp_chosen / len_chosen.clamp(min=1)
         return self.global_token_mean(losses.sum(), len(losses)), {  # the mean over the global batch
             "rewards/chosen": r_chosen.mean(),
             "rewards/rejected": r_rejected.mean(),

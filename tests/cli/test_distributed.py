@@ -13,25 +13,41 @@ def losses(run_dir):
         return [float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")]
 
 
+# DPO: a learning rate that moves the policy visibly within 8 steps, and the reference precomputed
+# (each rank scores its own share of the pairs).
+OBJECTIVES = {"sft": ("objective=sft",), "dpo": ("objective=dpo", "optim.lr=3e-3")}
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     from tests.conftest import run_cli
 
-    res = run_cli(tmp_path_factory.mktemp("single") / "run", *SAME_GLOBAL_BATCH, "data.batch_size=16")
-    assert res.returncode == 0, res.output
-    return res
+    runs = {}
+
+    def run(objective):
+        if objective not in runs:
+            runs[objective] = run_cli(tmp_path_factory.mktemp("single") / "run", *SAME_GLOBAL_BATCH, *OBJECTIVES[objective],
+                                      "data.batch_size=16")
+            assert runs[objective].returncode == 0, runs[objective].output
+        return runs[objective]
+
+    return run
 
 
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one_process(cli, single, strategy):
-    res = cli(*SAME_GLOBAL_BATCH, f"trainer={strategy}", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=8")
+def test_two_processes_match_one_process(cli, single, strategy, objective):
+    res = cli(*SAME_GLOBAL_BATCH, *OBJECTIVES[objective], f"trainer={strategy}", "trainer.accelerator=cpu", "trainer.devices=2",
+              "data.batch_size=8")
     assert res.returncode == 0, res.output
     if strategy == "fsdp":
         assert "FSDP2: policy sharded as 2 blocks + root over 2 ranks" in res.output
-    # The loss is a token mean over the global batch, so the curves agree up to float summation order.
-    assert losses(res.run_dir) == pytest.approx(losses(single.run_dir), rel=1e-3)
+    one = single(objective)
+    # The loss is a mean over the global batch, so the curves agree up to float summation order.
+    assert losses(res.run_dir) == pytest.approx(losses(one.run_dir), rel=1e-3)
     assert len(losses(res.run_dir)) == 8
-    assert res.summary["val/loss"] == pytest.approx(single.summary["val/loss"], rel=1e-3)
+    assert losses(res.run_dir)[-1] != pytest.approx(losses(res.run_dir)[0], rel=1e-3)  # it trained
+    assert res.summary["val/loss"] == pytest.approx(one.summary["val/loss"], rel=1e-3)
 
 
 def test_ddp_sweep_runs_each_job_once_per_rank(cli, tmp_path):

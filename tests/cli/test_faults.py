@@ -67,3 +67,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cli):
 def test_resume_refuses_a_finished_run(cli, uninterrupted):
     res = cli(*RUN, "resume=auto", f"hydra.run.dir={uninterrupted.run_dir}")
     assert res.returncode == 1 and "already finished" in res.stderr
+
+
+def test_dpo_sigkill_then_resume_is_exact_and_reuses_the_reference_cache(cli, tmp_path):
+    run = (*RUN, "objective=dpo", "optim.lr=3e-3", f"objective.ref_cache_dir={tmp_path / 'ref'}")
+    full = cli(*run, f"hydra.run.dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.output
+    killed = cli(*run, f"hydra.run.dir={tmp_path / 'killed'}", "+callbacks.kill._target_=tests.helpers.SignalAt",
+                 "+callbacks.kill.step=9", "+callbacks.kill.signal_name=SIGKILL")
+    assert killed.returncode == -9
+    resumed = cli(*run, "resume=auto", f"hydra.run.dir={killed.run_dir}")
+    assert resumed.returncode == 0, resumed.output
+    assert "reference log-probs: loaded" in resumed.output
+    assert resumed.summary["global_step"] == full.summary["global_step"] == 20
+    for key in ("train/loss", "val/loss", "train/rewards/accuracy", "val/rewards/margin"):
+        assert resumed.summary[key] == full.summary[key], key
+    a, b = weights(resumed.run_dir), weights(full.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in b)

@@ -69,6 +69,19 @@ def test_padded_and_packed_batches_hold_the_same_tokens(tiny_tokenizer):
     assert padded["input_ids"][padded["attention_mask"].bool()].tolist() == packed["input_ids"][0].tolist()
 
 
+def test_packing_into_rows_is_first_fit_longest_first(tiny_tokenizer):
+    """Rows of at most the given width; every token once; each row padded as a block of its own."""
+    seq = lambda n: {"sequences": [{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1))}]}
+    batch = packed_collate([seq(n) for n in (6, 3, 5, 2, 4)], 8)
+    # longest first: 6 -> row 0, 5 -> row 1, 4 -> row 2, 3 -> row 1 (5+3), 2 -> row 0 (6+2)
+    assert batch["seq_ids"].tolist() == [[0, 0, 0, 0, 0, 0, 3, 3], [1, 1, 1, 2, 2, 2, 2, 2], [4, 4, 4, 4, -1, -1, -1, -1]]
+    assert batch["position_ids"][2].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert batch["labels"][0].tolist() == [IGNORE, 2, 3, 4, 5, 6, IGNORE, 2]
+    assert batch["num_tokens"] == 20
+    wide = packed_collate([seq(10), seq(3)], 8)  # a sequence longer than the width gets a row of its own
+    assert wide["input_ids"].shape == (2, 10)
+
+
 def test_pairs_are_laid_out_chosen_then_rejected(tiny_tokenizer):
     rows = [{"prompt": "p1", "chosen": "a", "rejected": "b"}, {"prompt": "p2", "chosen": "c", "rejected": "d"}]
     batch = pad_collate(Encoder(tiny_tokenizer, 64).preference(rows), tiny_tokenizer.pad_token_id)

@@ -74,10 +74,26 @@ def test_ranked_rows_become_all_their_pairs(features, tiny_tokenizer):
     ]
 
 
-@pytest.mark.parametrize("collate", [lambda f, pad: pad_collate(f, pad), lambda f, pad: packed_collate(f)], ids=["padded", "packed"])
+@pytest.mark.parametrize(
+    "collate",
+    [lambda f, pad: pad_collate(f, pad), lambda f, pad: packed_collate(f), lambda f, pad: packed_collate(f, 40)],
+    ids=["padded", "packed", "packed_rows"],
+)
 def test_step_zero_loss_is_ln2_with_a_live_reference(features, tiny_tokenizer, collate):
     dpo = make_dpo(tiny_tokenizer, reference="live")
     assert_step_zero(*dpo.compute_loss(collate(features, tiny_tokenizer.pad_token_id)))
+
+
+def test_nll_term_adds_alpha_times_the_chosen_per_token_nll(features, tiny_tokenizer):
+    """RPO: at step 0 the DPO part is ln 2, so the loss is ln 2 + alpha * mean(-log pi(y_w|x) / |y_w|)."""
+    dpo = make_dpo(tiny_tokenizer, reference="live", nll_coef=0.5)
+    batch = pad_collate(features, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss = dpo.compute_loss(batch)[0].item()
+        logps, lengths = dpo.sequence_logps(dpo.policy, batch)  # chosen first, then rejected
+    n = len(features)
+    per_token_nll = [-lp / ln for lp, ln in zip(logps[:n].tolist(), lengths[:n].tolist())]
+    assert loss == pytest.approx(LN2 + 0.5 * sum(per_token_nll) / n, rel=1e-5)
 
 
 def test_chosen_and_rejected_share_one_forward_pass(features, tiny_tokenizer):

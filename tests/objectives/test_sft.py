@@ -67,6 +67,7 @@ def test_padding_free_and_full_head_give_the_same_loss(tiny_tokenizer, features)
     with torch.no_grad():
         reference = sft.compute_loss(padded)[0].item()
         assert sft.compute_loss(packed_collate(features))[0].item() == pytest.approx(reference, rel=1e-5)
+        assert sft.compute_loss(packed_collate(features, 40))[0].item() == pytest.approx(reference, rel=1e-5)
         assert full.compute_loss(padded)[0].item() == pytest.approx(reference, rel=1e-5)
 
 
