@@ -76,18 +76,19 @@ def packed_collate(features: list[dict], row_width: int = 0) -> dict:
     Several short rows rather than one long one keep attention's cost at row_width^2 per row:
     on CPU, sdpa materialises the dense mask of a row."""
     seqs, shared = _flatten(features)
-    width = max(row_width, max(len(s["input_ids"]) for s in seqs)) if row_width else sum(len(s["input_ids"]) for s in seqs)
+    lengths = [len(s["input_ids"]) for s in seqs]
+    width = max(row_width, max(lengths)) if row_width else sum(lengths)
     rows: list[list[int]] = []  # sequence indices per row
-    room: list[int] = []
-    for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i]["input_ids"])):
-        length = len(seqs[i]["input_ids"])
-        r = next((r for r, free in enumerate(room) if free >= length), None)
+    room: list[int] = []  # free tokens per row
+    for i in sorted(range(len(seqs)), key=lambda i: -lengths[i]):
+        r = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
         if r is None:
-            rows.append([]), room.append(width)
+            rows.append([])
+            room.append(width)
             r = len(rows) - 1
         rows[r].append(i)
-        room[r] -= length
-    longest = max(width - free for free in room)
+        room[r] -= lengths[i]
+    longest = width - min(room)
     shape = (len(rows), longest)
     input_ids = torch.zeros(shape, dtype=torch.long)
     labels = torch.full(shape, IGNORE, dtype=torch.long)
@@ -96,8 +97,7 @@ def packed_collate(features: list[dict], row_width: int = 0) -> dict:
     for r, members in enumerate(rows):
         at = 0
         for i in sorted(members):
-            s = seqs[i]
-            length = len(s["input_ids"])
+            s, length = seqs[i], lengths[i]
             input_ids[r, at : at + length] = torch.tensor(s["input_ids"])
             labels[r, at + 1 : at + length] = torch.tensor(s["labels"][1:])  # never predicted from the previous sequence
             position_ids[r, at : at + length] = torch.arange(length)
@@ -113,7 +113,7 @@ def packed_collate(features: list[dict], row_width: int = 0) -> dict:
         **shared,
         "num_sequences": len(seqs),
         "num_samples": len(features),
-        "num_tokens": sum(len(s["input_ids"]) for s in seqs),
+        "num_tokens": sum(lengths),
     }
 
 

@@ -113,7 +113,7 @@ class DPO(Objective):
         on-disk cache when this model has scored these exact tokens before. With several
         processes each scores every world_size-th pair and the results are gathered."""
         path = reference_cache_path(self.cfg.ref_cache_dir, self.models.cfg, features)
-        world, rank = self.trainer.world_size if self._trainer else 1, self.trainer.global_rank if self._trainer else 0
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
         hit = path.exists()
         if world > 1:  # one decision for all ranks: a sweep may be writing the file right now
             hits = [None] * world
