@@ -1,4 +1,13 @@
-"""``python -m rlhf_lab [overrides]``: plugins first (they add config options), then Hydra."""
+"""``python -m rlhf_lab [overrides]``: plugins first (they add config options), then Hydra.
+
+With nothing to compose on the command line, the run is the lab's default, ``pipeline=rlhf``
+(SFT, reward model, PPO on the gold-reward world; it prints the gold reward before and after and
+the KL): the override is added to the command line, so ``.hydra/overrides.yaml`` records it.
+"Nothing to compose" means no override except ``hydra.*`` and ``resume`` (where the run goes and
+whether it resumes), so ``python -m rlhf_lab resume=auto hydra.run.dir=DIR`` continues the default
+run. Any other override composes from the base config as usual: ``python -m rlhf_lab
+objective=sft`` is the single SFT job on the embedded data, ``objective=dpo trainer=fsdp`` DPO.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +27,27 @@ _PKG = Path(__file__).resolve().parent
 CONF_DIR = str(_PKG / "conf" if (_PKG / "conf").is_dir() else _PKG.parent / "conf")
 log = logging.getLogger("rlhf_lab")
 
+DEFAULT_RUN = "pipeline=rlhf"
+_CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun")
+
+
+def with_default_run(argv: list[str]) -> list[str]:
+    """``argv`` plus ``DEFAULT_RUN`` when it composes nothing (see the module docstring)."""
+    if any(a.split("=", 1)[0] in _CONFIG_FLAGS for a in argv):
+        return argv
+    overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]  # not flags' values
+    if any(not a.lstrip("+~").startswith(("hydra.", "hydra/", "resume=")) for a in overrides):
+        return argv
+    return [*argv, DEFAULT_RUN]
+
 
 def main() -> None:
     started = time.perf_counter()
+    if len(with_default_run(sys.argv[1:])) >= len(sys.argv):
+        sys.argv.append(DEFAULT_RUN)
+        if not {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i"} & set(sys.argv):
+            print(f"rlhf_lab: no overrides given: running the lab's default, {DEFAULT_RUN} (SFT, reward model, PPO on "
+                  "the gold-reward world). `python -m rlhf_lab objective=sft` runs the single SFT job.", file=sys.stderr)
     try:
         host = load_plugins(disabled_from_argv(sys.argv[1:]))
     except RlhfLabError as exc:

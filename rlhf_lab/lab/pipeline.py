@@ -79,4 +79,9 @@ def describe(summary: dict) -> str:
 
         lines.append(f"  {stage:<8}{fig('gold_reward', 'world_initial'):>12}{fig('gold_reward'):>12}{fig('kl'):>8}"
                      f"{fig('win_rate'):>10}{fig('proxy_reward'):>8}{fig('rm_accuracy'):>8}{fig('bayes_accuracy'):>8}")  # fmt: skip
+    last = summary["stages"][-1]
+    before, after = summary.get(f"{last}/world_initial/gold_reward"), summary.get(f"{last}/world/gold_reward")
+    if before is not None and after is not None:
+        lines.append(f"{last}: gold reward {before:.3f} -> {after:.3f}; wins {summary[f'{last}/world/win_rate']:.1%} of held-out "
+                     f"prompts against its initial model ({list(summary['stages'])[0]}) at KL {summary[f'{last}/world/kl']:.2f}")
     return "\n".join(lines)

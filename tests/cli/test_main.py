@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from rlhf_lab.__main__ import with_default_run
 from rlhf_lab.tracking import read_wandb_run
 from tests.conftest import write_jsonl
 
@@ -99,3 +100,24 @@ def test_multirun_jobs_are_separate_wandb_runs_in_one_group(cli, tmp_path):
     assert [r["config"]["optim"]["lr"] for r in runs] == [1e-3, 2e-3]
     assert runs[0]["run"]["group"] == runs[1]["run"]["group"] != "default"
     assert all(json.loads((sweep / str(i) / "summary.json").read_text())["global_step"] == 3 for i in range(2))
+
+
+@pytest.mark.parametrize(("argv", "default"), [
+    ([], True),
+    (["hydra.run.dir=out", "resume=auto"], True),   # where the run goes / resuming it: still the default run
+    (["--cfg", "job"], True),                       # a flag's value is not an override
+    (["-m"], True),
+    (["objective=sft"], False),
+    (["logger=csv"], False),
+    (["+foo=1"], False),
+    (["--config-name", "other"], False),
+])
+def test_the_default_run_is_added_only_when_nothing_is_composed(argv, default):
+    assert with_default_run(argv) == ([*argv, "pipeline=rlhf"] if default else argv)
+
+
+def test_cfg_without_overrides_shows_the_default_pipeline(cli):
+    shown = cli("--cfg", "job")
+    assert shown.returncode == 0 and "name: rlhf" in shown.stdout and "stages:" in shown.stdout
+    single = cli("--cfg", "job", "logger=csv")
+    assert single.returncode == 0 and "pipeline: null" in single.stdout

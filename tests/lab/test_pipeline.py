@@ -43,3 +43,14 @@ def test_failed_stage_stops_and_rerun_resumes_from_it(cli):
     assert stage_config(run, "dpo").model.name_or_path == str(run / "sft" / "model")
     assert json.loads((run / "dpo" / "summary.json").read_text())["objective"] == "dpo"
     assert "dpo/world/win_rate" in resumed.summary
+
+
+def test_no_arguments_run_the_default_rlhf_pipeline_and_meet_the_acceptance_figures(cli):
+    result = cli()  # only hydra.run.dir, which composes nothing: python -m rlhf_lab's default
+    assert result.returncode == 0, result.output
+    assert "no overrides given: running the lab's default, pipeline=rlhf" in result.stderr
+    s = result.summary
+    assert s["stages"] == ["sft", "rm", "ppo"]
+    assert abs(s["rm/world/rm_accuracy"] - s["rm/world/bayes_accuracy"]) <= 0.03
+    assert s["ppo/world/gold_reward"] > s["ppo/world_initial/gold_reward"] and s["ppo/world/win_rate"] > 0.7
+    assert "ppo: gold reward" in result.stdout and "at KL" in result.stdout
