@@ -22,6 +22,7 @@ class FitClock(Callback):
         self.first_loss: float | None = None
         self.last_loss: float | None = None
         self.samples = self.tokens = self.steps = 0
+        self.step_loss = 0.0
         self.first_batch_s = 0.0
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -32,13 +33,16 @@ class FitClock(Callback):
             self.first_batch_s = time.perf_counter() - self.start  # what fit spent before step 0 (reference precompute)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = float(outputs["loss"])
-        if self.first_loss is None:
-            self.first_loss = loss
-        self.last_loss = loss
+        # With optim.accumulate_grad_batches=k, Lightning returns each micro-batch's loss divided by k
+        # and steps the optimiser after the k-th: their sum is the optimiser step's loss.
+        self.step_loss += float(outputs["loss"])
         self.samples += batch["num_samples"]
         self.tokens += batch["num_tokens"]
-        self.steps += 1
+        if trainer.global_step != self.steps:  # an optimiser step has just been taken
+            if self.first_loss is None:
+                self.first_loss = self.step_loss
+            self.last_loss, self.step_loss = self.step_loss, 0.0
+            self.steps = trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
         train_time_s = time.perf_counter() - self.start

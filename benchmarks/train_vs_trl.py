@@ -58,6 +58,10 @@ SYSTEMS = {
     "rlhf_lab": [],
     "rlhf_lab_grouped": ["data.group_by_length=true"],  # batches of similar lengths: less padding, other first batch
     "rlhf_lab_padded": ["data.padding_free=false"],  # padded to the longest sequence of each batch
+    # Memory levers (see RESULTS.md, reward-model memory): the same optimiser steps on the same batches.
+    "rlhf_lab_gc": ["model.gradient_checkpointing=true"],  # TRL's default lever: recompute every layer
+    "rlhf_lab_micro2": ["data.batch_size={half}", "optim.accumulate_grad_batches=2"],  # each batch in 2 micro-batches
+    "rlhf_lab_micro4": ["data.batch_size={quarter}", "optim.accumulate_grad_batches=4"],  # in 4
     "trl": ["gradient_checkpointing=true"],  # TRL's default (TrainingArguments' is False; TRL's _BaseConfig sets True)
     "trl_no_gc": ["gradient_checkpointing=false"],  # the same arithmetic as rlhf_lab: no recomputation
     "trl_precompute": ["gradient_checkpointing=true", "precompute_ref_log_probs=true"],  # DPO only
@@ -393,7 +397,8 @@ def main() -> None:
         for system in plan:
             work = out / objective / system
             if system.startswith("rlhf_lab"):
-                command = lab_command(objective, model_dir, data, work, a, [*SYSTEMS[system], *a.lab_set])
+                own = [o.format(half=a.batch_size // 2, quarter=a.batch_size // 4) for o in SYSTEMS[system]]
+                command = lab_command(objective, model_dir, data, work, a, [*own, *a.lab_set])
             else:
                 command = trl_command(objective, model_dir, data, work, a, [*SYSTEMS[system], *a.trl_set])
             runs[system] = run_system(system, objective, command, work, env, flops, peak)

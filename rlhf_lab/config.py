@@ -33,7 +33,8 @@ class ModelConfig:
     trust_remote_code: bool = False  # never run a repository's code unless asked
     dtype: str = "float32"  # weights dtype: float32 | bfloat16 | float16
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2; None: transformers' choice
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute decoder layers' activations in the backward pass (less memory, more compute)
+    gradient_checkpointing_every: int = 1  # checkpoint every n-th decoder layer only (the rest keep theirs): memory and cost in between
     sparse_head: bool = True  # apply the LM head only at positions whose next token is scored (saves memory and time)
     init_seed: int = 0  # seed of the embedded tiny model's random initialisation
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -109,9 +109,12 @@ class WorldEvaluation(L.Callback):
     def _evaluate_policy(self, trainer, pl_module) -> None:
         self._last_step = trainer.global_step
         policy = pl_module.trained_model
+        training = policy.training
+        policy.eval()  # no dropout in the samples or in the KL estimate
         completions, texts = self._sample(policy, pl_module)
         gold = torch.tensor(world.gold_scores(self.prompts, texts))
         kl = self._sequence_logps(policy, completions, pl_module) - self._sequence_logps(self.reference, completions, pl_module)  # (N,) k1
+        policy.train(training)
         self._publish(trainer, self._metrics(texts, gold, kl))
 
     def _metrics(self, texts: list[str], gold: torch.Tensor, kl: torch.Tensor) -> dict[str, float]:

@@ -68,9 +68,22 @@ def _load(auto_cls, cfg: ModelConfig, **config_overrides) -> PreTrainedModel:
             _location(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **config_overrides, **kwargs
         )
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    return model
+        enable_checkpointing(model, cfg.gradient_checkpointing_every)
+    return model.eval()  # as from_pretrained leaves it; ModelFactory puts the models it trains in train mode
+
+
+def enable_checkpointing(model: PreTrainedModel, every: int = 1) -> None:
+    """Gradient (activation) checkpointing of every ``every``-th decoder layer, non-reentrant."""
+    kwargs = {"use_reentrant": False}
+    if every < 1:
+        raise ConfigError(f"model.gradient_checkpointing_every must be >= 1, got {every}.")
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)
+    elif every == 1:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ConfigError("model.gradient_checkpointing_every > 1 needs a transformers version with activation_checkpointing_enable.")
+    model.config.use_cache = False
 
 
 def load_causal_lm(cfg: ModelConfig, *, lora: bool = True) -> PreTrainedModel:
@@ -107,6 +120,17 @@ def apply_lora(model: PreTrainedModel, cfg: ModelConfig, task_type: str = "CAUSA
     return get_peft_model(model, peft_cfg)
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Every dropout probability to 0 (objectives that compare a model with itself, as TRL does):
+    ``nn.Dropout`` modules and the attention dropout rate that attention layers keep as a float."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    return model
+
+
 def frozen(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     model.requires_grad_(False)
@@ -122,7 +146,9 @@ class ModelFactory:
         self._reward = reward  # builds the run's reward source (rlhf_lab.rewards.build_reward)
 
     def policy(self) -> PreTrainedModel:
-        return load_causal_lm(self.cfg)
+        """The trainable policy, in train mode (Lightning keeps each submodule's mode; train mode is what
+        makes dropout and gradient checkpointing apply, as in any trainer)."""
+        return load_causal_lm(self.cfg).train()
 
     def reference(self) -> PreTrainedModel:
         """A frozen copy of the initial policy (without LoRA)."""
@@ -130,7 +156,7 @@ class ModelFactory:
 
     def reward_model(self) -> PreTrainedModel:
         """A trainable scalar-head model on the ``model`` backbone (see ``load_reward_model``)."""
-        return load_reward_model(self.cfg, self.tokenizer.pad_token_id)
+        return load_reward_model(self.cfg, self.tokenizer.pad_token_id).train()
 
     def reward(self):
         """The reward source of online RL (``reward=<name>``): an ``rlhf_lab.rewards.Reward``."""

@@ -30,7 +30,7 @@ from rlhf_lab import hookimpl
 from rlhf_lab.config import ModelConfig, ObjectiveConfig
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.models import TINY_DIR
+from rlhf_lab.models import TINY_DIR, disable_dropout
 from rlhf_lab.models.lm import score_labels
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps
@@ -82,9 +82,7 @@ class DPO(Objective):
         self.lora = self.models.cfg.lora.r > 0
         self.policy = self.models.policy()
         if cfg.disable_dropout:
-            for module in self.policy.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = 0.0
+            disable_dropout(self.policy)
         live_copy = self.uses_reference and cfg.reference == "live" and not self.lora
         self.reference = self.models.reference() if live_copy else None
 

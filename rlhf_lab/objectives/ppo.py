@@ -33,7 +33,7 @@ from rlhf_lab import hookimpl
 from rlhf_lab.config import ObjectiveConfig
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.models import unwrap
+from rlhf_lab.models import disable_dropout, unwrap
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.rollout.advantages import adaptive_beta, gae, kl_penalised_rewards, masked_mean, masked_whiten
 from rlhf_lab.rollout.experience import Rollout, completion_logits, completion_values, entropy, token_logps
@@ -71,12 +71,6 @@ class PPOConfig(OnlineRLConfig):
     value_clip: float = 0.2  # epsilon_v: the value prediction moves at most this far from V_old per rollout
     target_kl: Optional[float] = None  # adapt beta toward this KL(pi || pi_ref) per completion (nats); None: beta fixed
     kl_horizon: int = 10000  # the adaptive controller's horizon, in completions
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import torch
 from rlhf_lab import hookimpl
 from rlhf_lab.config import ObjectiveConfig
 from rlhf_lab.data.tokenize import Encoder
-from rlhf_lab.models import unwrap
+from rlhf_lab.models import disable_dropout, unwrap
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.losses import bradley_terry
 
@@ -28,6 +28,7 @@ from rlhf_lab.objectives.losses import bradley_terry
 class RMConfig(ObjectiveConfig):
     margin: float = 0.0  # m: the chosen reward must beat the rejected one by at least this (Llama 2); 0: off
     center_coef: float = 0.0  # eta: weight of the reward-centering term (r_w + r_l)^2 (Eisenstein et al. 2023); 0: off
+    disable_dropout: bool = True  # chosen and rejected scored under the same weights, not two dropout masks (as TRL)
 
 
 def sequence_rewards(model, batch: dict) -> torch.Tensor:
@@ -50,6 +51,8 @@ class RewardModel(Objective):
     def __init__(self, cfg: RMConfig, **kwargs):
         super().__init__(cfg, **kwargs)
         self.reward_model = self.models.reward_model()
+        if cfg.disable_dropout:
+            disable_dropout(self.reward_model)
 
     @classmethod
     def encode(cls, encoder: Encoder, rows: list[dict]) -> list[dict]:

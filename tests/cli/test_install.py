@@ -31,7 +31,8 @@ def test_wheel_runs_from_another_directory(wheel_site, tmp_path):
     where = run_installed(wheel_site, tmp_path, "-c", "import rlhf_lab; print(rlhf_lab.__file__)")
     assert where.stdout.startswith(str(wheel_site)), where.stdout + where.stderr
     assert "objective: " in run_installed(wheel_site, tmp_path, "-m", "rlhf_lab", "--help").stdout
-    assert "name: sft" in run_installed(wheel_site, tmp_path, "-m", "rlhf_lab", "--cfg", "job").stdout
+    shown = run_installed(wheel_site, tmp_path, "-m", "rlhf_lab", "--cfg", "job").stdout  # no overrides: the default pipeline
+    assert "name: rlhf" in shown and "name: ppo" in shown
     res = run_installed(wheel_site, tmp_path, "-m", "rlhf_lab", "trainer.max_steps=3", "data.num_rows=100", "logger=csv")
     assert res.returncode == 0, res.stderr[-3000:]
     [run_dir] = [p.parent for p in (tmp_path / "outputs").glob("*/*/summary.json")]

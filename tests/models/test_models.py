@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from rlhf_lab.config import LoraConfig, ModelConfig
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.models import export_pretrained, load_causal_lm, load_tokenizer
+from rlhf_lab.models import ModelFactory, disable_dropout, export_pretrained, load_causal_lm, load_tokenizer
 
 
 def test_hf_source_loads_a_local_directory(tiny_model_dir):
@@ -55,5 +55,38 @@ def test_export_never_overwrites(tmp_path, tiny_tokenizer):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary left behind
 
 
-def test_gradient_checkpointing_flag():
-    assert load_causal_lm(ModelConfig(gradient_checkpointing=True)).is_gradient_checkpointing
+def saved_activations(model, ids) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one forward."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+        model(input_ids=ids).logits.sum().backward()
+    return sum(saved)
+
+
+def test_trained_models_are_in_train_mode_and_checkpointing_applies_to_hub_checkpoints(tiny_model_dir, tiny_tokenizer):
+    """from_pretrained returns a model in eval mode, and Lightning keeps submodules' modes: the factory
+    must put what it trains in train mode, or gradient checkpointing (and dropout) silently never run."""
+    ids = torch.randint(0, 512, (4, 64))
+
+    def build(**kwargs):
+        return ModelFactory(ModelConfig(source="hf", name_or_path=str(tiny_model_dir), **kwargs), tiny_tokenizer)
+
+    plain, every_layer, every_2nd = (build().policy(), build(gradient_checkpointing=True).policy(),
+                                     build(gradient_checkpointing=True, gradient_checkpointing_every=2).policy())
+    assert plain.training and build().reward_model().training
+    assert not build().reference().training and not load_causal_lm(ModelConfig()).training  # inference: eval mode
+    full, checkpointed, half = saved_activations(plain, ids), saved_activations(every_layer, ids), saved_activations(every_2nd, ids)
+    assert checkpointed < half < full
+    with pytest.raises(ConfigError, match="gradient_checkpointing_every"):
+        build(gradient_checkpointing=True, gradient_checkpointing_every=0).policy()
+
+
+def test_disable_dropout_covers_modules_and_attention_rates(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attention_dropout=0.5).train()
+    model.model.embed_dropout = torch.nn.Dropout(0.5)  # an nn.Dropout module as well
+    ids = torch.randint(0, 512, (2, 16))
+    torch.manual_seed(0)
+    assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)  # dropout is live in train mode
+    disable_dropout(model)
+    assert model.model.embed_dropout.p == 0.0 and model.model.layers[0].self_attn.attention_dropout == 0.0
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
