@@ -48,8 +48,8 @@ def pad_collate(features: list[dict], pad_id: int) -> dict:
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     for i, s in enumerate(seqs):
         length = len(s["input_ids"])
-        input_ids[i, :length] = torch.tensor(s["input_ids"])
-        labels[i, :length] = torch.tensor(s["labels"])
+        input_ids[i, :length] = torch.as_tensor(s["input_ids"])
+        labels[i, :length] = torch.as_tensor(s["labels"])
         attention_mask[i, :length] = 1
     seq_ids = torch.where(attention_mask.bool(), torch.arange(n).unsqueeze(1), -1)
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
@@ -98,8 +98,8 @@ def packed_collate(features: list[dict], row_width: int = 0) -> dict:
         at = 0
         for i in sorted(members):
             s, length = seqs[i], lengths[i]
-            input_ids[r, at : at + length] = torch.tensor(s["input_ids"])
-            labels[r, at + 1 : at + length] = torch.tensor(s["labels"][1:])  # never predicted from the previous sequence
+            input_ids[r, at : at + length] = torch.as_tensor(s["input_ids"])
+            labels[r, at + 1 : at + length] = torch.as_tensor(s["labels"][1:])  # never predicted from the previous sequence
             position_ids[r, at : at + length] = torch.arange(length)
             seq_ids[r, at : at + length] = i
             at += length

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def model_fingerprint(cfg: ModelConfig) -> dict:
 def reference_cache_path(cache_dir: str, model_cfg: ModelConfig, features: list[dict]) -> Path:
     key = hashlib.sha256(json.dumps(model_fingerprint(model_cfg), sort_keys=True).encode())
     for feature in features:
-        key.update(json.dumps([[s["input_ids"], s["labels"]] for s in feature["sequences"]]).encode())
+        for seq in feature["sequences"]:
+            ids, labels = array("i", seq["input_ids"]), array("i", seq["labels"])
+            key.update(len(ids).to_bytes(4, "little") + ids.tobytes() + labels.tobytes())
+        key.update(b"|")  # feature boundary
     cache_dir = cache_dir or os.path.join(os.environ.get("RLHF_LAB_CACHE", "~/.cache/rlhf_lab"), "ref_logps")
     return Path(cache_dir).expanduser() / f"{key.hexdigest()[:32]}.pt"
 

@@ -18,8 +18,9 @@ def test_prompt_is_masked_and_completion_ends_with_eos(tiny_tokenizer):
     seq = enc.sft(ROWS[:1])[0]["sequences"][0]
     prompt_ids = enc.prompt_ids([ROWS[0]["prompt"]])[0]
     n = len(prompt_ids)
-    assert seq["input_ids"][:n] == prompt_ids
-    assert seq["labels"][:n] == [IGNORE] * n
+    assert seq["input_ids"].typecode == seq["labels"].typecode == "i"  # compact int32 storage
+    assert list(seq["input_ids"][:n]) == prompt_ids
+    assert list(seq["labels"][:n]) == [IGNORE] * n
     assert seq["labels"][n:] == seq["input_ids"][n:]
     assert seq["input_ids"][-1] == tiny_tokenizer.eos_token_id
     assert tiny_tokenizer.decode(seq["input_ids"][n:-1]) == "5"
