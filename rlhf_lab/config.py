@@ -97,6 +97,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # floor of cosine / linear decay as a share of lr
     grad_clip: Optional[float] = 1.0  # max gradient norm; None: no clipping
     accumulate_grad_batches: int = 1
+    fused: Optional[bool] = None  # AdamW's fused kernel (one kernel for all tensors); None: when every parameter allows it
 
 
 @dataclass

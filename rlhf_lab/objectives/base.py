@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lab.config import ObjectiveConfig, OptimConfig
@@ -41,6 +42,12 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
     return factor
+
+
+def fusable(param: torch.Tensor) -> bool:
+    """Whether AdamW's fused kernel takes this parameter. Without it, torch's default on CPU is a
+    Python loop over the tensors (TRL's default optimiser is the fused one: adamw_torch_fused)."""
+    return param.device.type in ("cpu", "cuda", "xpu", "mps") and param.is_floating_point() and not isinstance(param, DTensor)
 
 
 class Objective(L.LightningModule):
@@ -113,7 +120,9 @@ class Objective(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        fused = cfg.fused if cfg.fused is not None else all(fusable(p) for p in params)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                      **({"fused": True} if fused else {}))
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

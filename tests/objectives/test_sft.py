@@ -78,3 +78,12 @@ def test_uniform_model_loss_is_log_vocab(tiny_tokenizer, features):
         sft.policy.get_output_embeddings().weight.zero_()  # tied: input embeddings zero too
         loss = sft.compute_loss(pad_collate(features, tiny_tokenizer.pad_token_id))[0]
     assert loss.item() == pytest.approx(math.log(sft.policy.config.vocab_size), rel=1e-6)
+
+
+@pytest.mark.parametrize(("fused", "expected"), [(None, True), (False, False)])
+def test_adamw_uses_the_fused_kernel_unless_told_not_to(tiny_tokenizer, fused, expected):
+    """torch's AdamW on CPU defaults to a Python loop over the tensors; ours takes the fused kernel."""
+    sft = SFT(SFTConfig(name="sft"), models=ModelFactory(ModelConfig(), tiny_tokenizer), tokenizer=tiny_tokenizer,
+              optim=OptimConfig(fused=fused))
+    optimizer = sft.configure_optimizers()["optimizer"]
+    assert bool(optimizer.defaults["fused"]) is expected
