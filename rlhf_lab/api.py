@@ -10,7 +10,7 @@ from rlhf_lab.config import DataConfig, ObjectiveConfig, PromptingConfig, Reward
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, DataError, PluginError
 from rlhf_lab.hookspecs import HOOK_API_VERSION
-from rlhf_lab.models import ModelFactory
+from rlhf_lab.models import ModelFactory, disable_dropout
 from rlhf_lab.models.lm import Scored, score_labels
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.plugins import Registry
@@ -37,6 +37,7 @@ __all__ = [
     "SourceConfig",
     "Strategy",
     "Task",
+    "disable_dropout",
     "hookimpl",
     "score_labels",
 ]
