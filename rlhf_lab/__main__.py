@@ -41,6 +41,22 @@ def with_default_run(argv: list[str]) -> list[str]:
     return [*argv, DEFAULT_RUN]
 
 
+def unselected_group_option(argv: list[str]) -> str | None:
+    """An error message when an override sets an option of a config group whose default is null
+    (``prompting.k=3`` with no ``prompting=<name>``), which Hydra reports as an assertion."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "config.yaml").defaults)
+    null_groups = [next(iter(d)) for d in defaults if isinstance(d, dict) and next(iter(d.values())) is None]
+    keys = [a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a and not a.startswith("-")]
+    for group in null_groups:
+        options = [k for k in keys if k.startswith(f"{group}.")]
+        if options and group not in keys:
+            return (f"'{options[0]}' sets an option of the '{group}' group, but no {group} is selected "
+                    f"(its default is none): add {group}=<name>; `python -m rlhf_lab --help` lists the options.")
+    return None
+
+
 def main() -> None:
     started = time.perf_counter()
     if len(with_default_run(sys.argv[1:])) >= len(sys.argv):
@@ -48,6 +64,10 @@ def main() -> None:
         if not {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i"} & set(sys.argv):
             print(f"rlhf_lab: no overrides given: running the lab's default, {DEFAULT_RUN} (SFT, reward model, PPO on "
                   "the gold-reward world). `python -m rlhf_lab objective=sft` runs the single SFT job.", file=sys.stderr)
+    problem = unselected_group_option(sys.argv[1:])
+    if problem:
+        print(f"rlhf_lab: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         host = load_plugins(disabled_from_argv(sys.argv[1:]))
     except RlhfLabError as exc:

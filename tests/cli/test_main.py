@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhf_lab.__main__ import with_default_run
+from rlhf_lab.__main__ import unselected_group_option, with_default_run
 from rlhf_lab.tracking import read_wandb_run
 from tests.conftest import write_jsonl
 
@@ -121,3 +121,12 @@ def test_cfg_without_overrides_shows_the_default_pipeline(cli):
     assert shown.returncode == 0 and "name: rlhf" in shown.stdout and "stages:" in shown.stdout
     single = cli("--cfg", "job", "logger=csv")
     assert single.returncode == 0 and "pipeline: null" in single.stdout
+
+
+def test_an_option_of_an_unselected_group_is_named_not_an_assertion(cli):
+    assert unselected_group_option(["prompting=few_shot", "prompting.k=3"]) is None
+    assert unselected_group_option(["+reward=model", "reward.path=x"]) is None
+    assert "add reward=<name>" in unselected_group_option(["objective=ppo", "reward.path=x"])
+    res = cli("mode=eval", "eval=world_arith", "prompting.k=3")
+    assert res.returncode == 2 and "'prompting.k' sets an option of the 'prompting' group" in res.stderr
+    assert "Traceback" not in res.stderr and "AssertionError" not in res.stderr
