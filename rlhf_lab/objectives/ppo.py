@@ -268,15 +268,15 @@ class OnlineRL(Objective):
         self.estimate_advantages(rollout, metrics)
         metrics.update(self.update(rollout))
         metrics["time/update_s"] = time.perf_counter() - started
-        self.log_dict(metrics, on_step=True, batch_size=len(batch["rows"]))
+        self.log_dict(metrics, on_step=True, batch_size=len(batch["rows"]), sync_dist=True)  # the mean over ranks' prompts
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """The reward (and gold score) of one sampled completion per held-out prompt."""
         _, texts = self.sample(batch["rows"])
         scores, gold = self.score(batch["rows"], texts)
-        self.log("val/reward", scores.mean(), batch_size=len(texts))
+        self.log("val/reward", scores.mean(), batch_size=len(texts), sync_dist=True)
         if gold is not None:
-            self.log("val/reward_gold", gold.mean(), batch_size=len(texts))
+            self.log("val/reward_gold", gold.mean(), batch_size=len(texts), sync_dist=True)
 
 
 class PPO(OnlineRL):

@@ -90,3 +90,14 @@ def test_slurm_ranks_are_used_not_respawned(tmp_path):
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert (run_dir / "summary.json").exists() and not list(run_dir.glob("train_ddp_process_*.log"))
+
+
+@pytest.mark.parametrize("objective", ["grpo", "ppo"])
+def test_online_rl_trains_on_two_processes_with_metrics_reduced_over_ranks(cli, objective):
+    """Each rank samples its own prompts; logged rewards are the mean over both ranks' rollouts."""
+    res = cli(f"objective={objective}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
+              "logger=csv", "trainer.save_checkpoint=false")
+    assert res.returncode == 0, res.output
+    assert "sync_dist=True" not in res.output  # Lightning warns when an epoch-level metric is one rank's only
+    assert {"train/reward", "val/reward", "train/loss"} <= set(res.summary)
+    assert (res.run_dir / "model" / "model.safetensors").exists()
