@@ -68,7 +68,8 @@ SYSTEMS = {
 }
 # Systems run for some objectives only: TRL's reference precompute is DPO's; the memory levers are
 # measured where the memory target is tight (the reward model; see RESULTS.md).
-ONLY_FOR = {"trl_precompute": {"dpo"}, "rlhf_lab_gc": {"rm"}, "rlhf_lab_micro2": {"rm"}, "rlhf_lab_micro4": {"rm"}}
+MEMORY_LEVERS = ("rlhf_lab_gc", "rlhf_lab_micro2", "rlhf_lab_micro4")
+ONLY_FOR = {"trl_precompute": {"dpo"}, **{lever: {"rm"} for lever in MEMORY_LEVERS}}
 TOPICS = ("the garden", "a river trip", "winter bread", "the old tower", "a quiet robot", "music lessons",
           "the dragon castle", "silver rockets", "a lemon tree", "the candle shop")
 SETUP_TEXT = """\
@@ -336,7 +337,7 @@ def markdown(results: list[dict], ratio_lines: list[dict], meta: dict) -> str:
         f"(target {TARGETS[r['objective']]}x: {'met' if r['train_samples_per_s'] >= TARGETS[r['objective']] else 'NOT met'}), "
         f"peak RSS {r['peak_rss_mb']:.2f}x ({'met' if r['peak_rss_mb'] <= 1 else 'NOT met'})\n"
         for r in ratio_lines
-        if r["ratio"].endswith("/ trl") and r["ratio"].split(" / ")[0] in ("rlhf_lab", "rlhf_lab_gc", "rlhf_lab_micro2", "rlhf_lab_micro4")
+        if r["ratio"].endswith("/ trl") and r["ratio"].split(" / ")[0] in ("rlhf_lab", *MEMORY_LEVERS)
     )
     return (
         "## Training: rlhf_lab vs TRL (DPO, reward model, SFT) — `benchmarks/train_vs_trl.py`\n\n"

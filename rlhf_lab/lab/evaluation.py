@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf_lab.data.collate import pad_collate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.lab import world
-from rlhf_lab.models import frozen, load_causal_lm
+from rlhf_lab.models import eval_mode, frozen, load_causal_lm
 from rlhf_lab.objectives.rm import sequence_rewards
 from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScore
 from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps
@@ -91,12 +91,9 @@ class WorldEvaluation(L.Callback):
 
     @torch.no_grad()
     def _sample(self, model, pl_module) -> tuple[list[list[int]], list[str]]:
-        training = model.training
-        model.eval()
-        with torch.random.fork_rng(devices=[]):
+        with eval_mode(model), torch.random.fork_rng(devices=[]):
             torch.manual_seed(EVAL_SEED)
             completions = HFGenerator(model, pl_module.tokenizer).generate(self.prompt_ids, self.sampling)
-        model.train(training)
         return completions, pl_module.tokenizer.batch_decode(completions, skip_special_tokens=True)
 
     @torch.no_grad()
@@ -109,12 +106,10 @@ class WorldEvaluation(L.Callback):
     def _evaluate_policy(self, trainer, pl_module) -> None:
         self._last_step = trainer.global_step
         policy = pl_module.trained_model
-        training = policy.training
-        policy.eval()  # no dropout in the samples or in the KL estimate
-        completions, texts = self._sample(policy, pl_module)
+        with eval_mode(policy):  # no dropout in the samples or in the KL estimate
+            completions, texts = self._sample(policy, pl_module)
+            kl = self._sequence_logps(policy, completions, pl_module) - self._sequence_logps(self.reference, completions, pl_module)  # (N,) k1
         gold = torch.tensor(world.gold_scores(self.prompts, texts))
-        kl = self._sequence_logps(policy, completions, pl_module) - self._sequence_logps(self.reference, completions, pl_module)  # (N,) k1
-        policy.train(training)
         self._publish(trainer, self._metrics(texts, gold, kl))
 
     def _metrics(self, texts: list[str], gold: torch.Tensor, kl: torch.Tensor) -> dict[str, float]:
@@ -136,17 +131,14 @@ class WorldEvaluation(L.Callback):
         """Accuracy on test-split pairs (labels drawn from Bradley-Terry) against the Bayes-optimal one."""
         rows = world.generate("preference", self.data.eval_pairs, seed=self.data.generator_seed, split="test", temperature=self.data.noise_temperature)
         encoder = Encoder(pl_module.tokenizer, self.data.max_length)
-        model = pl_module.trained_model
-        training = model.training
-        model.eval()
         margins = []
-        for start in range(0, len(rows), self.data.batch_size):
-            collated = pad_collate(encoder.ranking(rows[start : start + self.data.batch_size]), pl_module.tokenizer.pad_token_id)
-            batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in collated.items()}
-            rewards = sequence_rewards(model, batch)  # (2b,)
-            chosen, rejected = batch["pairs"].unbind(1)  # (b,), (b,)
-            margins.append((rewards[chosen] - rewards[rejected]).cpu())
-        model.train(training)
+        with eval_mode(pl_module.trained_model) as model:
+            for start in range(0, len(rows), self.data.batch_size):
+                collated = pad_collate(encoder.ranking(rows[start : start + self.data.batch_size]), pl_module.tokenizer.pad_token_id)
+                batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in collated.items()}
+                rewards = sequence_rewards(model, batch)  # (2b,)
+                chosen, rejected = batch["pairs"].unbind(1)  # (b,), (b,)
+                margins.append((rewards[chosen] - rewards[rejected]).cpu())
         gold_pairs = [(world.gold_reward(r["chosen"]), world.gold_reward(r["rejected"])) for r in rows]
         self._publish(trainer, {
             "rm_accuracy": (torch.cat(margins) > 0).float().mean().item(),

@@ -83,5 +83,5 @@ def describe(summary: dict) -> str:
     before, after = summary.get(f"{last}/world_initial/gold_reward"), summary.get(f"{last}/world/gold_reward")
     if before is not None and after is not None:
         lines.append(f"{last}: gold reward {before:.3f} -> {after:.3f}; wins {summary[f'{last}/world/win_rate']:.1%} of held-out "
-                     f"prompts against its initial model ({list(summary['stages'])[0]}) at KL {summary[f'{last}/world/kl']:.2f}")
+                     f"prompts against its initial model ({summary['stages'][0]}) at KL {summary[f'{last}/world/kl']:.2f}")
     return "\n".join(lines)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers import (
@@ -129,6 +130,17 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
         elif isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
     return model
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode (no dropout) for the block, then back in the mode it was in."""
+    training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(training)
 
 
 def frozen(model: torch.nn.Module) -> torch.nn.Module:

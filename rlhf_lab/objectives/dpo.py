@@ -31,7 +31,7 @@ from rlhf_lab import hookimpl
 from rlhf_lab.config import ModelConfig, ObjectiveConfig
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.models import TINY_DIR, disable_dropout
+from rlhf_lab.models import TINY_DIR, disable_dropout, eval_mode
 from rlhf_lab.models.lm import score_labels
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps
@@ -130,13 +130,11 @@ class DPO(Objective):
         share += features[:1] * (-(-len(features) // world) - len(share))
         # A fresh frozen copy, not the policy: on a resumed run the policy is no longer the initial one.
         reference = None if self.lora else self.models.reference().to(self.device)
-        training = self.policy.training
-        self.policy.eval()
         mine = []
-        for batch in DataLoader(share, batch_size=batch_size, collate_fn=collate):
-            batch = move_data_to_device(batch, self.device)
-            mine.append(self.score_reference(batch, reference).view(2, -1).T.cpu())  # (b, 2)
-        self.policy.train(training)
+        with eval_mode(self.policy):
+            for batch in DataLoader(share, batch_size=batch_size, collate_fn=collate):
+                batch = move_data_to_device(batch, self.device)
+                mine.append(self.score_reference(batch, reference).view(2, -1).T.cpu())  # (b, 2)
         mine = torch.cat(mine)  # (len(share), 2)
         parts = [mine]
         if world > 1:

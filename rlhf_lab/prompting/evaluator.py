@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from rlhf_lab.config import EvalConfig
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, DataError
-from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models import eval_mode, load_causal_lm, load_tokenizer
 from rlhf_lab.prompting.engine import context_length, encode_pair, generate, loglikelihoods
 from rlhf_lab.prompting.extract import extract, normalise
 from rlhf_lab.prompting.strategies import Strategy, ZeroShotConfig
@@ -74,16 +74,13 @@ class Evaluator:
         """Score every document on ``model``; deterministic given the strategy's seed."""
         limit = context_length(model, self.tokenizer, self.task.cfg.max_length)
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         started = time.perf_counter()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.strategy.cfg.seed)
             if self.task.kind == "generation":
                 metrics, records = self._generation(model, limit)
             else:
                 metrics, records = self._multiple_choice(model, limit)
-        model.train(was_training)
         metrics["samples_per_s"] = metrics["scored"] / (time.perf_counter() - started)
         return EvalResult(self.prefix, metrics, records)
 
