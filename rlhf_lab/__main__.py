@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.errors import Preempted, RlhfLabError
 from rlhf_lab.plugins import disabled_from_argv, load_plugins
 
 _PKG = Path(__file__).resolve().parent
@@ -57,6 +59,28 @@ def unselected_group_option(argv: list[str]) -> str | None:
     return None
 
 
+# Sweeper / launcher options that come from a Hydra plugin in one of our extras: option -> (plugin module, extra).
+PLUGIN_EXTRAS = {
+    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    "hydra/launcher=ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+    "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
+
+
+def missing_extra(argv: list[str]) -> str | None:
+    """An error message naming the extra to install when a chosen sweeper or launcher is not
+    installed (Hydra itself says only "Could not find 'hydra/launcher/ray'")."""
+    import importlib.util
+
+    for arg in argv:
+        module, extra = PLUGIN_EXTRAS.get(arg.lstrip("+~").replace("override ", ""), (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            return f"{arg} needs the '{extra}' extra: pip install 'rlhf_lab[{extra}]' (scripts/setup.sh {extra})."
+    return None
+
+
 def main() -> None:
     started = time.perf_counter()
     if len(with_default_run(sys.argv[1:])) >= len(sys.argv):
@@ -64,7 +88,7 @@ def main() -> None:
         if not {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i"} & set(sys.argv):
             print(f"rlhf_lab: no overrides given: running the lab's default, {DEFAULT_RUN} (SFT, reward model, PPO on "
                   "the gold-reward world). `python -m rlhf_lab objective=sft` runs the single SFT job.", file=sys.stderr)
-    problem = unselected_group_option(sys.argv[1:])
+    problem = unselected_group_option(sys.argv[1:]) or missing_extra(sys.argv[1:])
     if problem:
         print(f"rlhf_lab: error: {problem}", file=sys.stderr)
         sys.exit(2)
@@ -76,15 +100,28 @@ def main() -> None:
     host.store_configs()
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-    def task(cfg: DictConfig) -> None:
+    def task(cfg: DictConfig) -> float | tuple[float, ...] | None:
+        """One run. In a sweep it returns ``sweep.metric`` to the sweeper, and a job that fails
+        returns None and the sweep goes on (rlhf_lab.sweep says why None, and how the sweep ends)."""
         from rlhf_lab.app import run
+        from rlhf_lab.sweep import sweep_value
 
+        job = HydraConfig.get().job
+        in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
-            run(cfg, host, started)
+            summary = run(cfg, host, time.perf_counter() if in_sweep else started)  # a job's wall_s counts from its start
         except RlhfLabError as exc:
             log.error("%s", exc)
-            print(f"rlhf_lab: error: {exc}", file=sys.stderr)
+            print(f"rlhf_lab: error: {f'job {job.num}: ' if in_sweep else ''}{exc}", file=sys.stderr)
+            if in_sweep and not isinstance(exc, Preempted):
+                return None
             sys.exit(exc.exit_code)
+        except Exception:
+            if not in_sweep:
+                raise
+            log.exception("job %s failed", job.num)
+            return None
+        return sweep_value(summary, cfg.sweep)
 
     task()
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 ROOT_SCHEMA = "rlhf_lab_schema"
 
@@ -215,6 +215,15 @@ class PluginsConfig:
 
 
 @dataclass
+class SweepConfig:
+    """What a sweep optimises: the value each multirun job returns to the sweeper (Optuna), the
+    best job of ``python -m rlhf_lab.report`` and the sort order of the sweep's W&B table."""
+
+    metric: Any = None  # a key of summary.json (val/loss, world/gold_reward, ppo/world/kl), or a list for several objectives
+    direction: Any = "minimize"  # minimize | maximize, or a list beside a list of metrics
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -233,6 +242,7 @@ class RunConfig:
     experiment: str = "default"  # experiment name: the W&B group of a single run
     export: bool = True  # save the trained model with save_pretrained (safetensors) into <run dir>/model
     callbacks: Dict[str, Any] = field(default_factory=dict)  # extra Lightning callbacks: name -> {_target_: ..., args}
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     resume: Optional[str] = None  # auto: continue from the newest checkpoint of this run dir (set hydra.run.dir); or a .ckpt path
 
 
@@ -249,5 +259,15 @@ GROUP_BASES = {
 }
 
 
+def run_name(*, _root_) -> str:
+    """``${rlhf_lab.run_name:}``, the end of a run directory's name (conf/config.yaml): the pipeline,
+    the objective, or for a run that does not train its mode and task (``eval-gsm8k_style``)."""
+    if _root_.mode != "train":
+        task = OmegaConf.select(_root_, "eval.name") if _root_.mode == "eval" else None
+        return "-".join(filter(None, [_root_.mode, task]))
+    return _root_.pipeline.name if _root_.pipeline is not None else _root_.objective.name
+
+
 def store_root_schema() -> None:
     ConfigStore.instance().store(name=ROOT_SCHEMA, node=RunConfig)
+    OmegaConf.register_new_resolver("rlhf_lab.run_name", run_name, replace=True)

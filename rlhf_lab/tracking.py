@@ -37,22 +37,44 @@ def wandb_mode(requested: str | None) -> str:
     return "offline"
 
 
+def sweep_group(experiment: str, sweep_dir: str) -> str:
+    """The W&B group of a sweep: its jobs and its table (``rlhf_lab.sweep``) share it."""
+    return f"{experiment}:{Path(sweep_dir).as_posix().replace('/', '_')}"
+
+
 def run_group(cfg: DictConfig) -> str:
     """The sweep for a multirun job (all its jobs share it), else the experiment name."""
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
-        return f"{cfg.experiment}:{Path(hc.sweep.dir).as_posix().replace('/', '_')}"
+        return sweep_group(cfg.experiment, hc.sweep.dir)
     return cfg.experiment
 
 
+def run_dir_csv_logger(run_dir: Path):
+    """``metrics.csv`` in the run directory itself. Lightning's CSV writer warns that "previous log
+    files ... will be deleted" (and deletes metrics.csv) whenever its directory is not empty, which
+    a Hydra run directory always is (.hydra/). OutputDirGuard already refuses a directory that holds
+    a run, so the writer here skips that check; a resumed run appends to its metrics.csv."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class RunDirWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            pass
+
+    logger = CSVLogger(save_dir=run_dir, name="", version="")
+    logger._experiment = RunDirWriter(log_dir=logger.log_dir)
+    return logger
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
     name = cfg.logger.name
     if name == "none":
         return []
     if name == "csv":
-        return [CSVLogger(save_dir=run_dir, name="", version="")]
+        return [run_dir_csv_logger(run_dir)]
     if name == "tensorboard":
         return [TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="")]
     if name == "wandb":

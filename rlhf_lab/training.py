@@ -192,12 +192,16 @@ def relaunch_as_this_job() -> None:
 
     Lightning starts ranks > 0 as ``python -m rlhf_lab <sys.argv[1:]> hydra.run.dir=<run.dir>``.
     Under ``-m`` that re-runs every job of the sweep (Lightning #11617, Hydra #2070). So the
-    relaunch gets this job's own overrides, in run mode, in this job's output directory.
+    relaunch gets this job's own overrides, in run mode, in this job's output directory. A job
+    that a launcher runs in a process of its own (a Ray worker) relaunches rlhf_lab's CLI script,
+    not that process's.
     """
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return
-    sys.argv = [sys.argv[0], *hc.overrides.task]
+    import rlhf_lab.__main__ as cli
+
+    sys.argv = [cli.__file__, *hc.overrides.task]
     with read_write(hc.run):
         hc.run.dir = hc.runtime.output_dir
 

@@ -29,3 +29,16 @@ class PoisonWeightsAt(L.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.policy.parameters()).fill_(float("nan"))
+
+
+class FailFirstJob(L.Callback):
+    """Fail the first run that starts with this callback (``marker`` records that one did): one job
+    of a sweep fails with an unexpected error, whichever values its sweeper chose for it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def on_train_start(self, trainer, pl_module):
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            raise RuntimeError("FailFirstJob: this job fails on purpose")

@@ -1,23 +1,43 @@
-"""Reports over runs on the gold-reward world: ``python -m rlhf_lab.report DIR``.
+"""Reports over any run or sweep: ``python -m rlhf_lab.report DIR``.
 
-``DIR`` is a run, a pipeline or a multirun directory; every run below it that was evaluated on the
-world (``world/*`` in its summary.json, see ``rlhf_lab.lab.evaluation``) is collected. Written to
-``DIR/report/`` and logged to W&B (offline without credentials):
+``DIR`` is a run, a pipeline or a multirun directory. Written to ``DIR/report/`` and logged to W&B
+(offline without credentials):
+
+- ``jobs.csv`` and ``report.md``: every job (``rlhf_lab.sweep.collect_jobs``) with its swept
+  overrides (from ``.hydra/overrides.yaml``), its status and its final metrics (all numeric keys
+  of summary.json in the CSV, the headline ones in the markdown), and the best job by
+  ``sweep.metric`` (the Pareto-optimal jobs for several metrics);
+- ``<metric>_vs_<parameter>.png``: the metric against each swept numeric parameter.
+
+Runs evaluated on the gold-reward world (``world/*`` in their summary.json, see
+``rlhf_lab.lab.evaluation``) add:
 
 - ``frontier.png``: gold reward against KL to the reference for each objective and beta, beside
   the SFT policy's gold reward (the reward / KL frontier of the DPO paper's Figure 2);
 - ``overoptimization.png``: gold and proxy (reward model) reward against KL through each PPO run,
   from its evaluations during training (reward model over-optimisation, Gao et al. 2022);
-- ``report.md``: the same figures as tables.
+- the same figures as tables in ``report.md``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from rlhf_lab.errors import ConfigError, RlhfLabError
+from rlhf_lab.sweep import Job, best_jobs, check_metrics, collect_jobs, job_config_sweep, objectives, sweep_rows, swept_keys
+
+# Summary keys shown in report.md (jobs.csv has every numeric key): exact, or a suffix after "/".
+HEADLINE = ("train/loss", "val/loss", "world/gold_reward", "world/kl", "world/win_rate", "world/rm_accuracy", "wall_s")
+
+
+def is_headline(key: str) -> bool:
+    return key in HEADLINE or key.endswith(tuple(f"/{h}" for h in HEADLINE)) or (key.startswith("eval/") and key.endswith("/accuracy"))
 
 
 @dataclass
@@ -131,22 +151,108 @@ def overoptimization_figure(runs: list[Run]):
     return fig
 
 
-def write_report(root: Path, out_dir: Path | None = None, wandb_log: bool = True) -> dict[str, Path]:
-    """Write the figures and the table for the runs under ``root``; returns what was written."""
-    import matplotlib
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
+
+def jobs_markdown(jobs: list[Job], pairs: list[tuple[str, str]], root: Path) -> str:
+    """The jobs' table (headline metrics), the overrides they share, and the best job."""
+    columns, rows = sweep_rows(jobs, pairs)
+    metrics = [m for m, _ in pairs]
+    keep = [i for i, c in enumerate(columns) if i <= columns.index("status") or c in metrics or is_headline(c)]
+    lines = []
+    shared = {k: v for k, v in jobs[0].overrides.items() if k not in swept_keys(jobs)}
+    if shared:
+        lines += [f"Overrides of every job: `{' '.join(f'{k}={v}' for k, v in shared.items())}`", ""]
+    lines += ["| " + " | ".join(columns[i] for i in keep) + " |", "|" + "---|" * len(keep)]
+    for job, row in zip(jobs, rows):
+        lines.append("| " + " | ".join([job.path.relative_to(root).as_posix() or "."] + [_cell(row[i]) for i in keep[1:]]) + " |")
+    best = best_jobs(jobs, pairs)
+    if best:
+        what = " and ".join(f"{m} ({d})" for m, d in pairs)
+        label = "Best job" if len(pairs) == 1 else "Pareto-optimal jobs"
+        lines += ["", f"{label} by {what}:"]
+        lines += [f"- {j.path.relative_to(root).as_posix() or '.'}: " + ", ".join(f"{m} = {j.value(m):.4g}" for m, _ in pairs) for j in best]
+    elif not pairs:
+        lines += ["", "No sweep.metric: set it in the sweep, or pass --metric KEY, for the best job and the plots."]
+    return "\n".join(lines) + "\n"
+
+
+def numeric_parameters(jobs: list[Job]) -> dict[str, list[float | None]]:
+    """Swept overrides whose every value is a number: parameter -> value per job."""
+    out = {}
+    for key in swept_keys(jobs):
+        try:
+            out[key] = [float(j.overrides[key]) if key in j.overrides else None for j in jobs]
+        except ValueError:
+            continue
+    return out
+
+
+def metric_figure(jobs: list[Job], pairs: list[tuple[str, str]], parameter: str, values: list[float | None]):
+    """Each metric (one panel each) against one swept parameter, one point per finished job."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 3.4), dpi=100, squeeze=False)
+    for ax, (metric, direction) in zip(axes[0], pairs):
+        points = sorted((x, j.value(metric)) for j, x in zip(jobs, values) if x is not None and j.value(metric) is not None)
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-")
+        xs = [p[0] for p in points]
+        if xs and min(xs) > 0 and max(xs) / min(xs) >= 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(parameter)
+        ax.set_ylabel(f"{metric} ({'lower' if direction == 'minimize' else 'higher'} is better)")
+    fig.tight_layout()
+    return fig
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise RlhfLabError("the report draws its figures with matplotlib: pip install 'rlhf_lab[report]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_report(root: Path, out_dir: Path | None = None, wandb_log: bool = True, metric: list[str] | None = None,
+                 direction: list[str] | None = None) -> dict[str, Path]:  # fmt: skip
+    """Write the tables and figures for the runs under ``root``; returns what was written.
+    ``metric`` / ``direction`` replace the jobs' own ``sweep.metric`` / ``sweep.direction``."""
     root = Path(root)
-    runs = collect_runs(root)
-    if not runs:
-        raise SystemExit(f"rlhf_lab.report: no runs with world metrics under {root} (train with data=world or pipeline=...).")
+    if not root.is_dir():
+        raise RlhfLabError(f"{root} is not a directory.")
+    jobs, lab_runs = collect_jobs(root), collect_runs(root)
+    if not jobs:
+        raise RlhfLabError(f"no runs under {root} (a run directory holds .hydra/overrides.yaml).")
+    sweep = OmegaConf.create({"metric": metric, "direction": direction or "minimize"}) if metric else job_config_sweep(jobs)
+    try:
+        pairs = objectives(sweep)
+        check_metrics(jobs, pairs, root)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    plt = _pyplot()
+
     out_dir = Path(out_dir or root / "report")
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {"report.md": out_dir / "report.md"}
-    written["report.md"].write_text(f"# Runs under {root}\n\n" + markdown_table(runs, root))
-    figures = {"frontier.png": frontier_figure(runs), "overoptimization.png": overoptimization_figure(runs)}
+    written = {"jobs.csv": out_dir / "jobs.csv", "report.md": out_dir / "report.md"}
+    columns, rows = sweep_rows(jobs, pairs)
+    with written["jobs.csv"].open("w", newline="") as f:
+        csv.writer(f).writerows([columns, *[[j.path.relative_to(root).as_posix() or ".", *row[1:]] for j, row in zip(jobs, rows)]])
+    text = f"# Runs under {root}\n\n" + jobs_markdown(jobs, pairs, root)
+    figures = {}
+    if pairs:
+        for parameter, values in numeric_parameters(jobs).items():
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{pairs[0][0] if len(pairs) == 1 else 'metrics'}_vs_{parameter}") + ".png"
+            figures[name] = metric_figure(jobs, pairs, parameter, values)
+    if lab_runs:
+        text += "\n## The gold-reward world\n\n" + markdown_table(lab_runs, root)
+        figures.update({"frontier.png": frontier_figure(lab_runs), "overoptimization.png": overoptimization_figure(lab_runs)})
+    written["report.md"].write_text(text)
     for name, fig in figures.items():
         fig.savefig(out_dir / name)
         plt.close(fig)
