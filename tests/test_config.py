@@ -94,3 +94,16 @@ def test_slurm_launcher_preset_composes(composer):
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 1)
     assert launcher.max_num_timeout > 0
+
+
+@pytest.mark.parametrize(("overrides", "name"), [
+    ([], "sft"),
+    (["objective=dpo"], "dpo"),
+    (["pipeline=rlhf"], "rlhf"),
+    (["mode=eval", "eval=gsm8k_style"], "eval-gsm8k_style"),  # not "-sft": an evaluation trains nothing
+    (["mode=self_instruct"], "self_instruct"),
+])
+def test_run_directories_are_named_after_what_runs(composer, overrides, name):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    assert cfg.hydra.run.dir.rsplit("/", 1)[1].split("-", 3)[-1] == name

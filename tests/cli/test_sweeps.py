@@ -120,3 +120,12 @@ def test_a_launcher_or_sweeper_whose_extra_is_missing_names_the_extra(monkeypatc
     assert missing_extra(["-m", "hydra/launcher=ray", "optim.lr=1e-4,3e-4"]) is None  # installed in the test env
     monkeypatch.setitem(PLUGIN_EXTRAS, "hydra/launcher=ray", ("hydra_plugins.not_installed_launcher", "ray"))
     assert missing_extra(["-m", "hydra/launcher=ray"]) == "hydra/launcher=ray needs the 'ray' extra: pip install 'rlhf_lab[ray]' (scripts/setup.sh ray)."
+
+
+@pytest.mark.slow
+def test_optuna_without_a_metric_stops_before_the_first_job(cli, tmp_path):
+    sweep = tmp_path / "optuna"
+    res = cli("-m", "hydra/sweeper=optuna", "optim.lr=interval(1e-4,1e-2)", *TINY, f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 1
+    assert "rlhf_lab: error: this sweeper optimises sweep.metric: set sweep.metric=<a key of summary.json" in res.stderr
+    assert not (sweep / "0").exists()
