@@ -75,7 +75,7 @@ def missing_extra(argv: list[str]) -> str | None:
     import importlib.util
 
     for arg in argv:
-        module, extra = PLUGIN_EXTRAS.get(arg.lstrip("+~").replace("override ", ""), (None, None))
+        module, extra = PLUGIN_EXTRAS.get(arg.lstrip("+~"), (None, None))
         if module and importlib.util.find_spec(module) is None:
             return f"{arg} needs the '{extra}' extra: pip install 'rlhf_lab[{extra}]' (scripts/setup.sh {extra})."
     return None
