@@ -29,3 +29,11 @@ class PoisonWeightsAt(L.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.policy.parameters()).fill_(float("nan"))
+
+
+class RequireFusedAdamW(L.Callback):
+    """Fail the run unless its optimiser takes AdamW's fused step (what bf16-mixed clipping broke on)."""
+
+    def on_train_start(self, trainer, pl_module):
+        optimizer = trainer.optimizers[0]
+        assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"], optimizer.defaults
