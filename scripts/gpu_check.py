@@ -87,7 +87,8 @@ def write_data(out: Path, prompt_words: int, answer_words: int, rows: int) -> tu
 def run(name: str, out: Path, overrides: list[str]) -> dict:
     """``python -m rlhf_lab *overrides`` in ``out/name``; its summary.json, or exit with its log."""
     run_dir = out / name.replace(" ", "_")
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CI": "1"}
+    offline = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CI": "1"}
+    env = {**os.environ, **offline}
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "rlhf_lab", *overrides, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
                           capture_output=True, text=True)

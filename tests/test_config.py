@@ -136,7 +136,8 @@ def test_a_mapping_given_whole_replaces_the_mapping():
     (no '+') must set the mapping, and replace a preset's."""
     cfg = compose_cli("data=hub", "data.hub=NAME", "data.fields={prompt: question, completion: answer}")
     assert OmegaConf.to_container(cfg.data.fields) == {"prompt": "question", "completion": "answer"}
-    cfg = compose_cli("data=mixture", "data.sources={math: {path: data/math.jsonl, weight: 2.0}, chat: {hub: tatsu-lab/alpaca, converter: alpaca}}")
+    sources = "data.sources={math: {path: data/math.jsonl, weight: 2.0}, chat: {hub: tatsu-lab/alpaca, converter: alpaca}}"
+    cfg = compose_cli("data=mixture", sources)
     assert list(cfg.data.sources) == ["math", "chat"]  # the preset's five generated tasks are gone
     assert (cfg.data.sources.math.weight, cfg.data.sources.math.loader, cfg.data.sources.chat.converter) == (2.0, "auto", "alpaca")
     assert list(compose_cli("data=mixture").data.sources) == ["add", "reverse", "upper", "count", "sort"]

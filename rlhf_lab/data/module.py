@@ -72,7 +72,8 @@ class DataModule(L.LightningDataModule):
             truncated=encoder.truncation.truncated,
             dropped_too_long=encoder.truncation.dropped,
         )
-        self.collate = Collator(encoder.tokenizer.pad_token_id, cfg.padding_free, encoder.max_length if cfg.pack_width is None else cfg.pack_width)
+        pack_width = encoder.max_length if cfg.pack_width is None else cfg.pack_width
+        self.collate = Collator(encoder.tokenizer.pad_token_id, cfg.padding_free, pack_width)
 
     def _loader(self, features: list[dict], batch_size: int, train: bool) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)

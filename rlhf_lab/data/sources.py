@@ -132,7 +132,8 @@ def implicit_prompt(row: dict, chat: bool = False) -> dict:
         cut = _split_texts(chosen, rejected)
         shared = "leading words"
     else:
-        raise LayoutError(f"'chosen' and 'rejected' must both be texts or both chats, got {type(chosen).__name__} and {type(rejected).__name__}")
+        kinds = f"{type(chosen).__name__} and {type(rejected).__name__}"
+        raise LayoutError(f"'chosen' and 'rejected' must both be texts or both chats, got {kinds}")
     if cut == 0:
         raise LayoutError(f"no 'prompt', and 'chosen' and 'rejected' share no {shared} to serve as one")
     return {**row, "prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}

@@ -50,7 +50,8 @@ class Encoder:
             path = Path(chat_template)
             tokenizer.chat_template = path.read_text() if "{" not in chat_template and path.is_file() else chat_template
             if "{" not in tokenizer.chat_template:
-                raise DataError(f"data.chat_template={chat_template}: not a file, nor a Jinja template (auto, never, a template or its path).")
+                raise DataError(f"data.chat_template={chat_template}: not a file, nor a Jinja template "
+                                "(auto, never, a template or its path).")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.use_chat = chat_template != "never" and getattr(tokenizer, "chat_template", None) is not None

@@ -65,7 +65,8 @@ def fit_to_context(max_length: int, cfg: ModelConfig) -> int:
     context = max_positions(AutoConfig.from_pretrained(location, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code))
     if context is None or max_length <= context:
         return max_length
-    log.info("data.max_length=%d is longer than the %d positions of model %s: sequences are cut at %d tokens.", max_length, context, location, context)
+    log.info("data.max_length=%d is longer than the %d positions of model %s: sequences are cut at %d tokens.",
+             max_length, context, location, context)
     return context
 
 

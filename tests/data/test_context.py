@@ -28,6 +28,7 @@ def test_max_length_past_the_model_positions_is_cut_to_them(tmp_path, arch_dir, 
 
 def test_rows_whose_prompts_alone_fill_the_context_say_so(tmp_path, arch_dir):
     data = write_jsonl(tmp_path / "long_prompts.jsonl", [{"prompt": LONG, "completion": "ok"} for _ in range(8)])
-    with pytest.raises(DataError, match=r"all 8 training rows dropped: their prompts alone fill data.max_length=128 tokens \(first rows: \[.*long_prompts.jsonl row 1"):
+    dropped = r"all 8 training rows dropped: their prompts alone fill data.max_length=128 tokens \(first rows: \[.*long_prompts.jsonl row 1"
+    with pytest.raises(DataError, match=dropped):
         run_in_process(tmp_path / "run", *QUICK, "model=hf", f"model.name_or_path={arch_dir('gpt2')}", "data=jsonl",
                        f"data.path={data}", "trainer.max_steps=1")

@@ -106,7 +106,8 @@ def test_implicit_prompt_of_texts_is_their_shared_words(tmp_path, chosen, reject
 def test_pairs_that_share_no_beginning_name_the_row(tmp_path):
     path = write_jsonl(tmp_path / "noshare.jsonl", [{"chosen": "The sky is blue.", "rejected": "The sky is grey."},
                                                     {"chosen": "Yes.", "rejected": "No."}])
-    with pytest.raises(DataError, match=r"noshare.jsonl row 2: not in implicit_prompt layout: no 'prompt', and 'chosen' and 'rejected' share no leading words"):
+    message = r"noshare.jsonl row 2: not in implicit_prompt layout: no 'prompt', and 'chosen' and 'rejected' share no leading words"
+    with pytest.raises(DataError, match=message):
         rows_of(path, "preference")
 
 
@@ -170,7 +171,8 @@ def test_chat_rows_on_a_tokenizer_without_a_chat_template_name_the_row_and_data_
 def test_data_chat_template_gives_a_tokenizer_its_template(tmp_path, arch_dir):
     tokenizer = load_tokenizer(ModelConfig(source="hf", name_or_path=str(arch_dir("gpt2"))))
     template = tmp_path / "chat.jinja"
-    template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}assistant: {% endif %}")
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user("hi"), assistant("hello")]}])
     seq = Encoder(tokenizer, 64, chat_template=str(template)).sft(rows_of(path))[0]["sequences"][0]
     assert tokenizer.decode(seq["input_ids"]) == "user: hi\nassistant: hello<|eos|>"

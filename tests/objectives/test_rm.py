@@ -127,6 +127,7 @@ def test_export_reads_the_reward_where_transformers_does_when_pad_is_eos(tmp_pat
         hf = exported(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits.squeeze(-1)
         torch.testing.assert_close(sequence_rewards(rm.reward_model, padded), hf, rtol=0, atol=1e-5)
         torch.testing.assert_close(sequence_rewards(rm.reward_model, packed_collate(features, 64)), hf, rtol=0, atol=1e-5)
-        at_eos = rm.reward_model.score(rm.reward_model.transformer(input_ids=padded["input_ids"][:1, : padded["attention_mask"][0].sum()]).last_hidden_state[:, -1])
-    assert padded["input_ids"][0, padded["attention_mask"][0].sum() - 1] == tokenizer.eos_token_id
+        first = padded["input_ids"][:1, : padded["attention_mask"][0].sum()]  # (1, T) the first sequence, ending with EOS
+        at_eos = rm.reward_model.score(rm.reward_model.transformer(input_ids=first).last_hidden_state[:, -1])
+    assert first[0, -1] == tokenizer.eos_token_id
     assert abs(at_eos.item() - hf[0].item()) > 1e-3  # the head at the EOS itself would disagree
