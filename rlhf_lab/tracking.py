@@ -73,10 +73,11 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     name = cfg.logger.name
     if name == "none":
         return []
-    if name == "csv":
-        return [run_dir_csv_logger(run_dir)]
-    if name == "tensorboard":
-        return [TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="")]
+    if name in ("csv", "tensorboard"):
+        logger = run_dir_csv_logger(run_dir) if name == "csv" else TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="")
+        # The resolved config, as W&B gets it: hparams.yaml, and TensorBoard's HPARAMS tab.
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        return [logger]
     if name == "wandb":
         return [
             WandbLogger(

@@ -7,6 +7,7 @@ reward model), so loading stays in one place and an objective never reads files 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from transformers import (
 from rlhf_lab.config import ModelConfig
 from rlhf_lab.errors import ConfigError
 
+log = logging.getLogger(__name__)
 TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,6 +47,27 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
         # Decoder-only checkpoints often ship without a pad token; padding is masked out anyway.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence a model's config declares it can attend over (its position table), if any."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(getattr(config, attr, None), int) and getattr(config, attr) > 0:
+            return getattr(config, attr)
+    return None
+
+
+def fit_to_context(max_length: int, cfg: ModelConfig) -> int:
+    """``data.max_length`` cut to the configured model's context: a model with learned positions
+    (GPT-2) fails with an IndexError on longer sequences, and rotary ones never saw them."""
+    location = _location(cfg)
+    context = max_positions(AutoConfig.from_pretrained(location, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code))
+    if context is None or max_length <= context:
+        return max_length
+    log.info("data.max_length=%d is longer than the %d positions of model %s: sequences are cut at %d tokens.",
+             max_length, context, location, context)
+    return context
 
 
 def _dtype(cfg: ModelConfig) -> torch.dtype:
