@@ -120,7 +120,8 @@ def test_run_directories_are_named_after_what_runs(composer, overrides, name):
 def readme_commands() -> list[list[str]]:
     """The arguments of every ``python -m rlhf_lab ...`` line in README's bash blocks."""
     text = (REPO / "README.md").read_text()
-    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
+    blocks = [block.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", text, re.S)]  # continued lines joined
+    lines = [line for block in blocks for line in block.splitlines()]
     return [shlex.split(m.group(1) or "", comments=True) for line in lines if (m := re.search(r"python -m rlhf_lab(\s.*)?$", line))]
 
 
@@ -129,6 +130,8 @@ def as_one_job(argv: list[str]) -> list[str]:
     flags_with_value = {"--cfg"}
     overrides = [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in flags_with_value)]
     if "-m" in argv:
+        # A sweeper's search space (interval(...), range(...), choice(...)) is no single value: left to the sweep.
+        overrides = [a for a in overrides if not re.search(r"=(interval|range|choice|tag)\(", a)]
         overrides = [re.sub(r"=([^,{\[]*),.*$", r"=\1", a) for a in overrides]
     return overrides
 
