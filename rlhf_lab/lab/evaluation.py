@@ -33,7 +33,7 @@ from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.lab import world
 from rlhf_lab.models import eval_mode, frozen, load_causal_lm
 from rlhf_lab.objectives.rm import sequence_rewards
-from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScore
+from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps
 from rlhf_lab.rollout.generation import HFGenerator, Sampling
 
@@ -66,7 +66,7 @@ class WorldEvaluation(L.Callback):
         self.prompts = [row["prompt"] for row in rows]
         self.prompt_ids = Encoder(pl_module.tokenizer, self.data.max_length).prompt_ids(self.prompts)
         path = proxy_model_path(self.cfg)
-        self.proxy = RewardModelScore(OmegaConf.structured(ModelRewardConfig(path=path))).to(pl_module.device) if path else None
+        self.proxy = RewardModelScorer(OmegaConf.structured(ModelRewardConfig(path=path))).to(pl_module.device) if path else None
         # A fresh copy of the initial weights, not the policy: on a resumed run the policy has moved.
         self.reference = frozen(load_causal_lm(self.cfg.model, lora=False)).to(pl_module.device)
         completions, texts = self._sample(self.reference, pl_module)

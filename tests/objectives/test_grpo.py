@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.objectives.grpo import GRPO, RLOO, GRPOConfig, RLOOConfig
+from rlhf_lab.objectives.grpo import GRPO, GRPOConfig
+from rlhf_lab.objectives.rloo import RLOO, RLOOConfig
 from tests.rewards.functions import length, share_of_a
 from tests.rollout.runs import ENV, LEARN, curve, head, make_system, prompt_rows, tail
 
@@ -15,12 +16,11 @@ from tests.rollout.runs import ENV, LEARN, curve, head, make_system, prompt_rows
 @pytest.mark.parametrize("system_cls,cfg_cls", [(GRPO, GRPOConfig), (RLOO, RLOOConfig)])
 def test_groups_of_k_completions_share_a_prompt_and_centre_their_advantages(tiny_tokenizer, system_cls, cfg_cls):
     system = make_system(system_cls, cfg_cls, tiny_tokenizer, length, num_generations=3, max_new_tokens=5)
-    torch.manual_seed(0)
     rollout, metrics = system.rollout(prompt_rows(system_cls, tiny_tokenizer, n=4))
     assert rollout.input_ids.shape[0] == 12  # 4 prompts x 3 completions
     prompts = rollout.input_ids[:, : -rollout.mask.shape[1]].view(4, 3, -1)
     assert all(torch.equal(group[0], member) for group in prompts for member in group)  # consecutive rows: one prompt
-    assert torch.equal(rollout.logps, rollout.ref_logps) and metrics["train/kl"].item() == 0.0
+    assert abs(metrics["train/kl"].item()) < 1e-5  # the policy is the reference (to float rounding: see test_ppo)
     assert rollout.values is None  # critic-free
     system.estimate_advantages(rollout, metrics)
     per_completion = rollout.advantages[:, 0]  # (12,) every token of a completion shares its advantage
@@ -40,7 +40,7 @@ def test_grpo_learns_a_simple_reward_and_a_large_beta_stays_at_the_reference(cli
         assert res.returncode == 0, res.output[-3000:]
         runs[beta] = {key: curve(res.run_dir, key) for key in ("train/reward", "train/kl", "train/kl_loss", "train/response_length")}
     reward, kl = runs[0.04]["train/reward"], runs[0.04]["train/kl"]
-    assert kl[0] == 0.0 and runs[0.04]["train/kl_loss"][0] == 0.0
+    assert abs(kl[0]) < 1e-5 and abs(runs[0.04]["train/kl_loss"][0]) < 1e-6  # step 0: the policy is the reference
     assert tail(reward) > 2 * head(reward) and tail(reward) > head(reward) + 0.1, reward
     # GRPO's objective, R - beta * KL per token (its KL term is a mean over tokens), improves too
     objective = [r - 0.04 * k / n for r, k, n in zip(reward, kl, runs[0.04]["train/response_length"])]
