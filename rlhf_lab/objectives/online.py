@@ -100,6 +100,9 @@ class OnlineRL(Objective):
         if self.optim_cfg.accumulate_grad_batches != 1:
             raise ConfigError(f"objective={cfg.name} sizes its updates with objective.minibatches; set optim.accumulate_grad_batches=1.")
         self.automatic_optimization = False
+        # The root of every sampling seed: drawn from the generator the run's seed set, before anything
+        # else draws from it, so every process of a run has the same one.
+        self.seed = int(torch.randint(2**62, ()))
         self.lora = self.models.cfg.lora.r > 0
         self.policy = self.models.policy()
         # With LoRA the reference is the policy with its adapters disabled: no second copy.
@@ -114,7 +117,6 @@ class OnlineRL(Objective):
         self.generator = build_generator(cfg, self.policy, self.tokenizer)
         self.sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
         self.kl = KL_ESTIMATORS[cfg.kl_estimator]
-        self.seed = torch.initial_seed()  # the run's seed (every process has the same): the root of sampling seeds
         self.times: dict[str, float] = {}  # this rollout's wall time per phase
 
     @classmethod

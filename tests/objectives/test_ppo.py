@@ -22,7 +22,7 @@ from tests.rollout.runs import ENV, LEARN, QUICK, curve, head, make_system, prom
 METRICS = (
     "train/reward", "train/kl", "train/entropy", "train/policy_loss", "train/value_loss", "train/clipfrac",
     "train/approx_kl", "train/response_length", "train/rollout_tokens_per_s",
-    "time/generate_s", "time/score_s", "time/forward_s", "time/update_s",
+    "time/generate_s", "time/score_s", "time/forward_s", "time/update_s", "train/lr", "train/grad_norm",
 )
 
 
@@ -68,6 +68,17 @@ def test_max_steps_counts_rollouts_not_optimiser_steps(tiny_tokenizer):
     steps = {int(optimizer.state[p]["step"]) for group in optimizer.param_groups for p in group["params"]}
     assert steps == {3 * 2 * 3}  # rollouts x epochs x minibatches optimiser steps, on policy and critic alike
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3  # the schedule advances once per rollout
+
+
+def test_logs_the_learning_rate_and_the_gradient_norm_before_clipping(tiny_tokenizer):
+    optim = OptimConfig(lr=3e-4, scheduler="constant", grad_clip=1e-6)
+    system = make_system(PPO, PPOConfig, tiny_tokenizer, share_of_a, optim=optim, max_new_tokens=4, epochs=1)
+    data_cfg = OmegaConf.structured(DataConfig(loader="synthetic", num_rows=32, batch_size=8, val_fraction=0, max_length=64))
+    data = DataModule(data_cfg, "prompt", PPO.encode, Encoder(tiny_tokenizer, 64), {"synthetic": load_synthetic}, seed=0)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(system, datamodule=data)
+    assert trainer.callback_metrics["train/lr"].item() == pytest.approx(3e-4)
+    assert trainer.callback_metrics["train/grad_norm"].item() > 1e-3  # the norm before clipping, not the clipped 1e-6
 
 
 def test_config_errors(tiny_tokenizer):
