@@ -59,6 +59,7 @@ class OnlineRLConfig(ObjectiveConfig):
     generator: str = "hf"  # generation backend: hf (the policy itself, KV cache) | vllm (`bash scripts/setup.sh vllm`)
     vllm_gpu_memory_utilization: float = 0.3  # vllm: share of GPU memory for weights and KV cache (on CPU: of RAM for the KV cache)
     vllm_max_model_len: Optional[int] = None  # vllm: longest prompt + completion in tokens; None: the model's own limit
+    vllm_kv_cache_gb: Optional[float] = None  # vllm: KV cache size (GiB) instead of the memory share (on CPU the share also counts what training holds)
     beta: float = 0.05  # KL coefficient (the initial one when PPO's target_kl is set); 0: no reference model at all
     kl_estimator: str = "k1"  # per-token KL estimate: k1 | k2 | k3 (rlhf_lab/rollout/losses.py)
     epochs: int = 4  # passes over each rollout (PPO epochs, GRPO's mu)
