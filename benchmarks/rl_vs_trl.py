@@ -152,18 +152,21 @@ def trl_child(args) -> None:
 # --- report ----------------------------------------------------------------------------------------
 
 def table(results: list[dict]) -> str:
-    lines = ["| objective | system | seeds | wall s (mean) | speed vs TRL | reward, first 5 steps | reward, last 5 steps |",
-             "|---|---|---|---|---|---|---|"]
+    """One row per objective and system: means over seeds; speeds against the faster TRL variant."""
+    lines = ["| objective | system | seeds | wall s | CPU s | speed vs TRL (wall) | speed vs TRL (CPU) | reward, steps 1-5 | reward, last 5 steps |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for objective in dict.fromkeys(r["objective"] for r in results):
         rows = [r for r in results if r["objective"] == objective]
         by_system = {s: [r for r in rows if r["system"] == s] for s in dict.fromkeys(r["system"] for r in rows)}
-        walls = {s: mean(r["wall_s"] for r in rs) for s, rs in by_system.items()}
-        fastest_trl = min((w for s, w in walls.items() if s.startswith("trl")), default=None)
+        wall = {s: mean(r["wall_s"] for r in rs) for s, rs in by_system.items()}
+        cpu = {s: mean(r["cpu_s"] for r in rs) for s, rs in by_system.items()}
+        trl = [s for s in by_system if s.startswith("trl")]
+        best_wall, best_cpu = min((wall[s] for s in trl), default=None), min((cpu[s] for s in trl), default=None)
         for system, rs in by_system.items():
-            speed = f"{fastest_trl / walls[system]:.2f}x" if fastest_trl else "-"
+            speeds = f"{best_wall / wall[system]:.2f}x | {best_cpu / cpu[system]:.2f}x" if trl else "- | -"
             first = mean(mean(r["rewards"][:5]) for r in rs)
             last = mean(mean(r["rewards"][-5:]) for r in rs)
-            lines.append(f"| {objective} | {system} | {len(rs)} | {walls[system]:.1f} | {speed} | {first:.3f} | {last:.3f} |")
+            lines.append(f"| {objective} | {system} | {len(rs)} | {wall[system]:.1f} | {cpu[system]:.1f} | {speeds} | {first:.4f} | {last:.4f} |")
     return "\n".join(lines)
 
 
@@ -172,8 +175,9 @@ def write_results(path: Path, results: list[dict], command: str) -> None:
         MARKER_START,
         f"Measured {dt.date.today()} on {platform.processor() or platform.machine()}, {os.cpu_count()} cores; command:",
         "", f"    {command}", "",
-        "Speed is the fastest TRL variant's mean whole-process wall time over this system's (higher is faster);",
-        "rewards are means over the seeds of the per-step mean reward.", "",
+        "Speed is the faster TRL variant's mean whole-process time over this system's (higher is faster), wall",
+        "clock and CPU time (user + system of the process: steadier on a shared machine); rewards are means over",
+        "the seeds of the per-step mean reward.", "",
         table(results), "", "Per-run figures:", "", "```",
         *(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "rewards"}
                      | {"rewards": [round(x, 4) for x in r["rewards"]]}) for r in results),
@@ -197,6 +201,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every child (1: steady timings on a shared machine)")
     p.add_argument("--results", default=None, help="write the table into this markdown file (between markers)")
+    p.add_argument("--report-only", default=None, metavar="RESULTS_JSON", help="rewrite the table from an earlier run's results.json")
     p.add_argument("--lab-set", action="append", default=[], metavar="OVERRIDE", help="an extra rlhf_lab override")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -205,6 +210,12 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return trl_child(args)
+    if args.report_only:
+        results = json.loads(Path(args.report_only).read_text())
+        print(table(results))
+        if args.results:
+            write_results(Path(args.results), results, "python " + " ".join(shlex.quote(a) for a in sys.argv))
+        return
 
     out = Path(args.out or tempfile.mkdtemp(prefix="rl_vs_trl_"))
     out.mkdir(parents=True, exist_ok=True)
@@ -228,6 +239,7 @@ def main() -> None:
                               last5=mean(rewards[-5:]), rewards=rewards)
                 results.append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "rewards"}), flush=True)
+    (out / "results.json").write_text(json.dumps(results))
     print(table(results))
     if args.results:
         write_results(Path(args.results), results, "python " + " ".join(shlex.quote(a) for a in sys.argv))

@@ -91,9 +91,9 @@ class WorldEvaluation(L.Callback):
 
     @torch.no_grad()
     def _sample(self, model, pl_module) -> tuple[list[list[int]], list[str]]:
-        with eval_mode(model), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(EVAL_SEED)
-            completions = HFGenerator(model, pl_module.tokenizer).generate(self.prompt_ids, self.sampling)
+        seeds = [EVAL_SEED + i for i in range(len(self.prompt_ids))]  # the same draws at every evaluation
+        with eval_mode(model):
+            completions = HFGenerator(model, pl_module.tokenizer).generate(self.prompt_ids, self.sampling, seeds).ids
         return completions, pl_module.tokenizer.batch_decode(completions, skip_special_tokens=True)
 
     @torch.no_grad()
