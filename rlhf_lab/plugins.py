@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "rlhf_lab.objectives.dpo",
     "rlhf_lab.objectives.ppo",
     "rlhf_lab.objectives.grpo",
+    "rlhf_lab.objectives.rloo",
     "rlhf_lab.rewards.builtin",
     "rlhf_lab.prompting.strategies",
     "rlhf_lab.lab.plugin",

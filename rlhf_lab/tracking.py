@@ -6,6 +6,7 @@ import json
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -96,10 +97,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 
 
 def finish_wandb() -> None:
-    """Lightning's WandbLogger never finishes the run; without this every multirun job shares one."""
-    import wandb
-
-    if wandb.run is not None:
+    """Lightning's WandbLogger never finishes the run; without this every multirun job shares one.
+    Without wandb imported there is no run (and importing it would cost a second)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
         wandb.finish()
 
 

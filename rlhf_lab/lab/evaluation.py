@@ -33,7 +33,7 @@ from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.lab import world
 from rlhf_lab.models import eval_mode, frozen, load_causal_lm
 from rlhf_lab.objectives.rm import sequence_rewards
-from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScore
+from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps
 from rlhf_lab.rollout.generation import HFGenerator, Sampling
 
@@ -66,7 +66,7 @@ class WorldEvaluation(L.Callback):
         self.prompts = [row["prompt"] for row in rows]
         self.prompt_ids = Encoder(pl_module.tokenizer, self.data.max_length).prompt_ids(self.prompts)
         path = proxy_model_path(self.cfg)
-        self.proxy = RewardModelScore(OmegaConf.structured(ModelRewardConfig(path=path))).to(pl_module.device) if path else None
+        self.proxy = RewardModelScorer(OmegaConf.structured(ModelRewardConfig(path=path))).to(pl_module.device) if path else None
         # A fresh copy of the initial weights, not the policy: on a resumed run the policy has moved.
         self.reference = frozen(load_causal_lm(self.cfg.model, lora=False)).to(pl_module.device)
         completions, texts = self._sample(self.reference, pl_module)
@@ -91,9 +91,9 @@ class WorldEvaluation(L.Callback):
 
     @torch.no_grad()
     def _sample(self, model, pl_module) -> tuple[list[list[int]], list[str]]:
-        with eval_mode(model), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(EVAL_SEED)
-            completions = HFGenerator(model, pl_module.tokenizer).generate(self.prompt_ids, self.sampling)
+        seeds = [EVAL_SEED + i for i in range(len(self.prompt_ids))]  # the same draws at every evaluation
+        with eval_mode(model):
+            completions = HFGenerator(model, pl_module.tokenizer).generate(self.prompt_ids, self.sampling, seeds).ids
         return completions, pl_module.tokenizer.batch_decode(completions, skip_special_tokens=True)
 
     @torch.no_grad()

@@ -61,7 +61,7 @@ class RewardModel(Objective):
 
     def __init__(self, cfg: RMConfig, **kwargs):
         super().__init__(cfg, **kwargs)
-        self.reward_model = self.models.reward_model()
+        self.reward_model = self.models.trainable_reward_model()
         if cfg.disable_dropout:
             disable_dropout(self.reward_model)
 

@@ -33,7 +33,7 @@ class ModelRewardConfig(RewardConfig):
     gold_fn: Optional[str] = None  # import path of a gold score "module:function" (logged as train/reward_gold)
 
 
-class RewardModelScore(torch.nn.Module):
+class RewardModelScorer(torch.nn.Module):
     """``score(prompts, completions)`` with a frozen reward model. A module, so that the objective
     holding it moves it to the training device."""
 
@@ -70,5 +70,5 @@ class RewardModelScore(torch.nn.Module):
         return scores
 
 
-def model_reward(cfg: ModelRewardConfig, tokenizer) -> RewardModelScore:
-    return RewardModelScore(cfg)
+def reward_model_scorer(cfg: ModelRewardConfig, tokenizer) -> RewardModelScorer:
+    return RewardModelScorer(cfg)

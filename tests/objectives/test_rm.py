@@ -102,7 +102,7 @@ def test_reward_model_learns_and_its_export_scores_held_out_rows(cli):
 def test_any_causal_lm_directory_is_a_backbone(tiny_model_dir, tiny_tokenizer):
     """``model=hf``: the saved causal LM's weights under a new scalar head."""
     cfg = ModelConfig(source="hf", name_or_path=str(tiny_model_dir))
-    reward_model = ModelFactory(cfg, tiny_tokenizer).reward_model()
+    reward_model = ModelFactory(cfg, tiny_tokenizer).trainable_reward_model()
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert reward_model.config.num_labels == 1 and reward_model.config.pad_token_id == tiny_tokenizer.pad_token_id
     torch.testing.assert_close(reward_model.model.embed_tokens.weight, lm.model.embed_tokens.weight)
