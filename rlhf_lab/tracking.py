@@ -45,16 +45,30 @@ def run_group(cfg: DictConfig) -> str:
     return cfg.experiment
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+def wandb_run_id(run_dir: Path) -> str | None:
+    """The id of the W&B run already in ``run_dir`` (its newest), read from W&B's own file names
+    (``wandb/[offline-]run-<time>-<id>/run-<id>.wandb``)."""
+    files = sorted(run_dir.glob("wandb/*run-*/run-*.wandb"), key=lambda p: p.parent.name.split("run-", 1)[1])
+    return files[-1].stem.removeprefix("run-") if files else None
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> list:
+    """The ``logger`` group's loggers. ``resume`` (``ResumePoint.log_state``; None for a new run)
+    makes each continue its history: CSV keeps the rows the checkpoint covers and appends, W&B
+    continues the same run id (offline too), TensorBoard keeps its event files and hides the steps
+    that the resumed run logs again (``purge_step``)."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    from rlhf_lab.training.loggers import ContinuedCSVLogger
 
     name = cfg.logger.name
     if name == "none":
         return []
     if name == "csv":
-        return [CSVLogger(save_dir=run_dir, name="", version="")]
+        return [ContinuedCSVLogger(run_dir, keep=resume)]
     if name == "tensorboard":
-        return [TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="")]
+        purge = None if resume is None or resume.get("log_step") is None else resume["log_step"] + 1
+        return [TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", purge_step=purge)]
     if name == "wandb":
         return [
             WandbLogger(
@@ -67,6 +81,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
                 mode=wandb_mode(cfg.logger.mode),
                 tags=list(cfg.logger.tags),
                 config=OmegaConf.to_container(cfg, resolve=True),
+                id=wandb_run_id(run_dir) if resume is not None else None,  # WandbLogger passes resume="allow"
             )
         ]
     raise ConfigError(f"logger.name must be wandb, csv, tensorboard or none, got '{name}'.")
