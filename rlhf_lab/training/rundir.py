@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.training.checkpoints import remove_stale_tmp
+from rlhf_lab.training.resume import ResumePoint, config_fingerprint
 
 RUN_ARTIFACTS = ("summary.json", "model", "checkpoints", "metrics.csv", "wandb")
 LOCK_FILE = ".rlhf_lab.lock"
@@ -106,8 +107,6 @@ def _exit(exc: RlhfLabError) -> None:
 
 class OutputDirGuard(HydraCallback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from rlhf_lab.training.resume import ResumePoint, config_fingerprint
-
         run_dir = Path(config.hydra.run.dir)
         if config.get("resume") == "auto" and run_finished(run_dir):
             print(f"rlhf_lab: the run in {run_dir} already finished (summary.json): nothing to do.", file=sys.stderr)

