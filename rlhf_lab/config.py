@@ -281,8 +281,7 @@ def validate(cfg: DictConfig) -> None:
                        ("trainer.log_every_n_steps", t.log_every_n_steps), ("trainer.val_check_interval", t.val_check_interval),
                        ("trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps)]:  # fmt: skip
         _require(value is None or value >= 1, key, value, "must be at least 1")
-    _require(_finite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a positive finite number")
-    for key, value in [("optim.weight_decay", o.weight_decay), ("optim.warmup_steps", o.warmup_steps)]:
+    for key, value in [("optim.lr", o.lr), ("optim.weight_decay", o.weight_decay), ("optim.warmup_steps", o.warmup_steps)]:
         _require(_finite(value) and value >= 0, key, value, "must be a finite number >= 0")
     _require(_finite(o.eps) and o.eps > 0, "optim.eps", o.eps, "must be a positive finite number")
     _require(o.grad_clip is None or (_finite(o.grad_clip) and o.grad_clip > 0), "optim.grad_clip", o.grad_clip,

@@ -146,9 +146,13 @@ class PluginHost:
         """Every implementation of a run hook, in pluggy's order, non-None results collected; an
         exception that is not one of rlhf_lab's own errors becomes a PluginError naming the plugin
         (pluggy lets it through unnamed)."""
+        hook = getattr(self.pm.hook, hook_name)
+        impls = hook.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):  # wrappers need pluggy's own call loop
+            return hook(**kwargs)
         infos = {info.name: info for info in self.infos}
         results = []
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+        for impl in reversed(impls):
             try:
                 result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
             except RlhfLabError:

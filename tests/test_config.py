@@ -102,8 +102,8 @@ def test_slurm_launcher_preset_composes(composer):
     (["trainer.max_steps=-5"], "trainer.max_steps=-5: must be a positive number of steps"),
     (["trainer.max_steps=-1"], "trainer.max_steps=-1: must be a positive number of steps (or -1, with trainer.max_epochs > 0)"),
     (["trainer.checkpoint_every_n_steps=0"], "trainer.checkpoint_every_n_steps=0: must be at least 1"),
-    (["optim.lr=nan"], "optim.lr=nan: must be a positive finite number"),
-    (["optim.lr=-1e-3"], "optim.lr=-0.001: must be a positive finite number"),
+    (["optim.lr=nan"], "optim.lr=nan: must be a finite number >= 0"),  # 0 is a frozen run (tests/objectives/test_dpo.py)
+    (["optim.lr=-1e-3"], "optim.lr=-0.001: must be a finite number >= 0"),
     (["optim.grad_clip=0"], "optim.grad_clip=0.0: must be a positive finite number, or null"),
     (["data=jsonl"], "data.path is not set: data.loader=file reads a file (add data.path=FILE)"),
     (["objective=grpo", "reward=python"], "reward.fn must be set: it has no default"),
