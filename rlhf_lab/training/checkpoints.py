@@ -231,7 +231,8 @@ class Checkpoints(Checkpoint):
         if trainer.received_sigterm:
             self.save(trainer)
             return
-        due = self.enabled and self.every_n_steps and step % self.every_n_steps == 0 and step != self._saved_step
+        # Step 0 is no step (with gradient accumulation, batches run before the first one).
+        due = self.enabled and self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._saved_step
         final = 0 < trainer.max_steps <= step  # written at on_train_end instead
         if due and not final:
             if validates_after_batch(trainer):
