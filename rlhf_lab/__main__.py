@@ -3,17 +3,19 @@
 With nothing to compose on the command line, the run is the lab's default, ``pipeline=rlhf``
 (SFT, reward model, PPO on the gold-reward world; it prints the gold reward before and after and
 the KL): the override is added to the command line, so ``.hydra/overrides.yaml`` records it.
-"Nothing to compose" means no override except ``hydra.*`` and ``resume`` (where the run goes and
-whether it resumes), so ``python -m rlhf_lab resume=auto hydra.run.dir=DIR`` continues the default
-run. Any other override composes from the base config as usual: ``python -m rlhf_lab
+"Nothing to compose" means no override except ``hydra.*``, ``resume`` and ``resume_allow_changes``
+(where the run goes and whether it resumes), so ``python -m rlhf_lab resume=auto hydra.run.dir=DIR``
+continues the default run. Any other override composes from the base config as usual: ``python -m rlhf_lab
 objective=sft`` is the single SFT job on the embedded data, ``objective=dpo trainer=fsdp`` DPO.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import hydra
@@ -38,7 +40,7 @@ def with_default_run(argv: list[str]) -> list[str]:
     if any(a.split("=", 1)[0] in _CONFIG_FLAGS for a in argv):
         return argv
     overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]  # not flags' values
-    if any(not a.lstrip("+~").startswith(("hydra.", "hydra/", "resume=")) for a in overrides):
+    if any(not a.lstrip("+~").startswith(("hydra.", "hydra/", "resume=", "resume_allow_changes=")) for a in overrides):
         return argv
     return [*argv, DEFAULT_RUN]
 
@@ -127,6 +129,18 @@ def whole_mappings(argv: list[str]) -> list[str]:
     return out
 
 
+def report(exc: RlhfLabError, where: str = "") -> None:
+    """One line on the console. The traceback, with its cause (a reward function's or a plugin's own
+    exception), goes into the job log (``rlhf_lab.log``), and to the console under HYDRA_FULL_ERROR=1."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (exc,), (type(exc), exc, exc.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exception(exc)
+    print(f"rlhf_lab: error: {where}{exc}", file=sys.stderr)
+
+
 def main() -> None:
     started = time.perf_counter()
     if len(with_default_run(sys.argv[1:])) >= len(sys.argv):
@@ -158,8 +172,7 @@ def main() -> None:
         try:
             summary = run(cfg, host, time.perf_counter() if in_sweep else started)  # a job's wall_s counts from its start
         except RlhfLabError as exc:
-            log.error("%s", exc)
-            print(f"rlhf_lab: error: {f'job {job.num}: ' if in_sweep else ''}{exc}", file=sys.stderr)
+            report(exc, f"job {job.num}: " if in_sweep else "")
             if in_sweep and not isinstance(exc, Preempted):
                 return None
             sys.exit(exc.exit_code)

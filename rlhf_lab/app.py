@@ -1,7 +1,11 @@
 """The composition root: one run, top to bottom.
 
-config ─► plugins' configure hook ─► tokenizer ─► data (validated, tokenised) ─► objective system
-─► Trainer (+ evaluation callback) ─► fit ─► export ─► summary.json ─► run_end hook
+config (value checks) ─► plugins' configure hook ─► resume point (checked against the config)
+─► tokenizer ─► data (validated, tokenised) ─► objective system ─► Trainer (+ evaluation callback)
+─► fit ─► export ─► run_end hook ─► summary.json
+
+The end (export, run_end hook, summary) may run again: a run killed after its last checkpoint is
+resumed there and only ends again.
 
 ``mode=eval`` and ``mode=self_instruct`` run a standalone entry instead of training, and so does
 ``pipeline=<name>`` (its stages are runs of their own); they end the same way.
@@ -9,6 +13,7 @@ config ─► plugins' configure hook ─► tokenizer ─► data (validated, t
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from functools import partial
@@ -20,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from rlhf_lab.config import validate
 from rlhf_lab.data.module import DataModule
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, Preempted
@@ -30,7 +36,17 @@ from rlhf_lab.prompting.evaluator import eval_callbacks, evaluate_model
 from rlhf_lab.prompting.self_instruct import generate_instructions
 from rlhf_lab.rewards import build_reward
 from rlhf_lab.tracking import build_loggers, finish_wandb
-from rlhf_lab.training import build_trainer, job_scope, metric_values, peak_memory, resume_checkpoint, write_json_atomic
+from rlhf_lab.training import (
+    ResumePoint,
+    build_trainer,
+    config_fingerprint,
+    fault_point,
+    job_scope,
+    metric_values,
+    peak_memory,
+    run_finished,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 STANDALONE = {"eval": evaluate_model, "self_instruct": generate_instructions}  # mode -> entry(cfg, host, run_dir) -> summary
@@ -39,7 +55,12 @@ STANDALONE = {"eval": evaluate_model, "self_instruct": generate_instructions}  #
 def run(cfg: DictConfig, host: PluginHost, started: float | None = None) -> dict:
     started = started or time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    host.hook.rlhf_lab_configure(cfg=cfg)
+    if cfg.resume == "auto" and run_finished(run_dir):  # a sweep's requeued job (a plain run stops in rundir.OutputDirGuard)
+        log.info("the run in %s already finished: nothing to do", run_dir)
+        return json.loads((run_dir / "summary.json").read_text())
+    validate(cfg)
+    fingerprint = config_fingerprint(cfg)  # before plugins' configure hooks see the config
+    host.call("rlhf_lab_configure", cfg=cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.mode != "train":
         return run_standalone(cfg, host, run_dir, started)
@@ -47,28 +68,34 @@ def run(cfg: DictConfig, host: PluginHost, started: float | None = None) -> dict
         summary = run_pipeline(cfg, run_dir)
         finish_run(cfg, host, summary, run_dir, started)
         return summary
+    resume = ResumePoint.find(cfg.resume, run_dir)
+    if resume is not None:
+        resume.check(fingerprint, cfg.resume_allow_changes)
 
-    system_cls = host.registry.get("objective", cfg.objective.name).target
+    objective = host.registry.get("objective", cfg.objective.name)
     tokenizer = load_tokenizer(cfg.model)
     encoder = Encoder(tokenizer, fit_to_context(cfg.data.max_length, cfg.model), cfg.data.chat_template, cfg.data.on_overflow)
-    loaders = {name: entry.target for name, entry in host.registry.entries["dataset"].items()}
-    data = DataModule(cfg.data, system_cls.data_format, system_cls.encode, encoder, loaders, cfg.seed)
+    loaders = {name: entry.create for name, entry in host.registry.entries["dataset"].items()}
+    data = DataModule(cfg.data, objective.target.data_format, objective.target.encode, encoder, loaders, cfg.seed)
     reward = partial(build_reward, cfg.reward, host.registry.entries["reward"], tokenizer)  # built if the objective asks
-    system = system_cls(cfg.objective, models=ModelFactory(cfg.model, tokenizer, reward), tokenizer=tokenizer, optim=cfg.optim)
+    system = objective.create(cfg.objective, models=ModelFactory(cfg.model, tokenizer, reward), tokenizer=tokenizer, optim=cfg.optim)
 
     extra = [
         *eval_callbacks(cfg, host.registry, tokenizer),
         *(instantiate(spec) for spec in cfg.callbacks.values()),
-        *(cb for cbs in host.hook.rlhf_lab_callbacks(cfg=cfg) for cb in cbs),
+        *(cb for cbs in host.call("rlhf_lab_callbacks", cfg=cfg) for cb in cbs),
     ]
     with job_scope():
-        trainer, throughput = build_trainer(cfg, run_dir, build_loggers(cfg, run_dir), extra, manual_optimization=not system.automatic_optimization)
+        loggers = build_loggers(cfg, run_dir, resume.log_state if resume else None)
+        trainer, throughput = build_trainer(cfg, run_dir, loggers, extra, fingerprint, manual_optimization=not system.automatic_optimization)
         try:
-            trainer.fit(system, datamodule=data, ckpt_path=resume_checkpoint(cfg.resume, run_dir))
+            trainer.fit(system, datamodule=data, ckpt_path=resume and resume.path, weights_only=True)
         except SIGTERMException:
             raise Preempted(f"SIGTERM at step {trainer.global_step}: checkpoint saved in {run_dir / 'checkpoints'}; "
                             f"continue with resume=auto hydra.run.dir={run_dir}") from None
+        fault_point("after_final_checkpoint")
         summary = {
+            **(resume.state.get("metrics", {}) if resume else {}),  # a run resumed at its end logs nothing new
             **metric_values(trainer),
             **throughput.figures(trainer.world_size),
             **{f"data/{k}": v for k, v in data.stats.items()},
@@ -77,6 +104,7 @@ def run(cfg: DictConfig, host: PluginHost, started: float | None = None) -> dict
         }
         if cfg.export:
             summary["model_dir"] = str(system.export(run_dir / "model"))
+        fault_point("after_export")
         if trainer.is_global_zero:
             finish_run(cfg, host, summary, run_dir, started)
         return summary
@@ -94,7 +122,7 @@ def run_standalone(cfg: DictConfig, host: PluginHost, run_dir: Path, started: fl
 
 
 def finish_run(cfg: DictConfig, host: PluginHost, summary: dict, run_dir: Path, started: float) -> None:
-    host.hook.rlhf_lab_run_end(cfg=cfg, summary=summary, run_dir=run_dir)
+    host.call("rlhf_lab_run_end", cfg=cfg, summary=summary, run_dir=run_dir)
     summary.update(peak_memory(), wall_s=time.perf_counter() - started)
     write_json_atomic(run_dir / "summary.json", summary)
     log.info("run finished: %s", run_dir)

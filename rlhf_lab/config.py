@@ -8,11 +8,16 @@ loads. Plugins extend a group by subclassing its base schema (``ObjectiveConfig`
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from rlhf_lab.errors import ConfigError
 
 ROOT_SCHEMA = "rlhf_lab_schema"
 
@@ -133,6 +138,7 @@ class RewardConfig:
     """Base of every reward source's schema (online RL)."""
 
     name: str = MISSING
+    timeout_s: Optional[float] = None  # stop the run when one scoring call takes longer, naming the reward; None: no limit
 
 
 @dataclass
@@ -245,6 +251,7 @@ class RunConfig:
     callbacks: Dict[str, Any] = field(default_factory=dict)  # extra Lightning callbacks: name -> {_target_: ..., args}
     sweep: SweepConfig = field(default_factory=SweepConfig)
     resume: Optional[str] = None  # auto: continue from the newest checkpoint of this run dir (set hydra.run.dir); or a .ckpt path
+    resume_allow_changes: List[str] = field(default_factory=list)  # keys (or prefixes: [optim]) that may differ from the resumed checkpoint's config
 
 
 # Config group -> base schema that every option of the group must extend.
@@ -272,3 +279,63 @@ def run_name(*, _root_) -> str:
 def store_root_schema() -> None:
     ConfigStore.instance().store(name=ROOT_SCHEMA, node=RunConfig)
     OmegaConf.register_new_resolver("rlhf_lab.run_name", run_name, replace=True)
+
+
+# --- value checks that the schema's types cannot express ------------------------------------------
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # name or org/name
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the composed config's values before anything is built: a ``ConfigError`` names the
+    first bad key. (Types and unknown keys fail earlier, while Hydra composes against the schema;
+    data files are checked row by row when they are read.)"""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} must be set: it has no default (add {missing[0]}=... to the command line).")
+    t, o, d = cfg.trainer, cfg.optim, cfg.data
+    _require(t.max_steps > 0 or (t.max_steps == -1 and t.max_epochs > 0), "trainer.max_steps", t.max_steps,
+             "must be a positive number of steps (or -1, with trainer.max_epochs > 0)")
+    for key, value in [("data.batch_size", d.batch_size), ("data.eval_batch_size", d.eval_batch_size),
+                       ("data.max_length", d.max_length), ("optim.accumulate_grad_batches", o.accumulate_grad_batches),
+                       ("trainer.log_every_n_steps", t.log_every_n_steps), ("trainer.val_check_interval", t.val_check_interval),
+                       ("trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps)]:  # fmt: skip
+        _require(value is None or value >= 1, key, value, "must be at least 1")
+    for key, value in [("optim.lr", o.lr), ("optim.weight_decay", o.weight_decay), ("optim.warmup_steps", o.warmup_steps)]:
+        _require(_finite(value) and value >= 0, key, value, "must be a finite number >= 0")
+    _require(_finite(o.eps) and o.eps > 0, "optim.eps", o.eps, "must be a positive finite number")
+    _require(o.grad_clip is None or (_finite(o.grad_clip) and o.grad_clip > 0), "optim.grad_clip", o.grad_clip,
+             "must be a positive finite number, or null for no clipping")
+    _require(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
+    timeout = cfg.reward.get("timeout_s") if cfg.reward is not None else None
+    _require(timeout is None or timeout > 0, "reward.timeout_s", timeout, "must be positive, or null")
+    for prefix, src in ({f"data.sources.{n}": s for n, s in d.sources.items()} or {"data": d}).items():
+        if src.loader == "file" and not src.path:
+            raise ConfigError(f"{prefix}.path is not set: {prefix}.loader=file reads a file (add {prefix}.path=FILE).")
+    _check_model_location(cfg.model)
+
+
+def _require(ok: bool, key: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value}: {what}.")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_model_location(m: DictConfig) -> None:
+    """``model=hf``: a local directory must hold a model and its tokenizer; anything else must look
+    like a hub id (``name`` or ``org/name``) to be fetched."""
+    if m.source != "hf":
+        return
+    key, where = f"model.name_or_path={m.name_or_path}", Path(m.name_or_path).expanduser()
+    if where.exists():
+        if not (where / "config.json").is_file():
+            raise ConfigError(f"{key}: not a model directory (no config.json in it).")
+        if not any((where / name).is_file() for name in TOKENIZER_FILES):
+            raise ConfigError(f"{key}: the model directory has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                              "save one into it with tokenizer.save_pretrained(<dir>).")
+    elif not HUB_ID.match(m.name_or_path):
+        raise ConfigError(f"{key}: no such directory (and not a hub id such as 'org/name').")

@@ -23,6 +23,11 @@ class TrainingError(RlhfLabError):
     """Training cannot go on (a non-finite loss): the last good checkpoint is kept."""
 
 
+class StorageFull(TrainingError):
+    """A write found no room (full disk, quota, file-size limit): its temporary file was removed and
+    the file it would have replaced is kept."""
+
+
 class Preempted(RlhfLabError):
     """SIGTERM: a checkpoint was saved; 143 is the conventional status of a terminated process."""
 

@@ -102,5 +102,6 @@ def rlhf_lab_run_end(cfg: DictConfig, summary: dict[str, Any], run_dir: Path) ->
     """Called once after training, evaluation and export, with the final ``summary.json`` contents.
 
     Implementations may add keys to ``summary`` (they are written after the hook returns).
-    Every implementation is called.
+    Every implementation is called. A run resumed after its last checkpoint calls it again in the
+    same ``run_dir``: implementations must be idempotent.
     """

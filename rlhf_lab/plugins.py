@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from rlhf_lab import __version__, hookspecs
 from rlhf_lab.config import GROUP_BASES, store_root_schema
-from rlhf_lab.errors import PluginError
+from rlhf_lab.errors import PluginError, RlhfLabError
 
 ENTRY_POINT_GROUP = "rlhf_lab"
 DISABLE_ENV = "RLHF_LAB_DISABLE_PLUGINS"
@@ -67,6 +67,16 @@ class Entry:
     target: Any  # objective class, reward / prompting factory, dataset loader
     schema: type | None
     plugin: PluginInfo  # the plugin that registered it
+
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        """``target(*args, **kwargs)`` (a factory, loader or class); an exception that is not one of
+        rlhf_lab's own errors names the plugin, not just the exception."""
+        try:
+            return self.target(*args, **kwargs)
+        except RlhfLabError:
+            raise
+        except Exception as exc:
+            raise self.plugin.failure(f"failed building {self.kind} '{self.name}': {type(exc).__name__}: {exc}") from exc
 
 
 class Registry:
@@ -132,6 +142,27 @@ class PluginHost:
     @property
     def hook(self):
         return self.pm.hook
+
+    def call(self, hook_name: str, **kwargs: Any) -> list:
+        """Every implementation of a run hook, in pluggy's order, non-None results collected; an
+        exception that is not one of rlhf_lab's own errors becomes a PluginError naming the plugin
+        (pluggy lets it through unnamed)."""
+        hook = getattr(self.pm.hook, hook_name)
+        impls = hook.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):  # wrappers need pluggy's own call loop
+            return hook(**kwargs)
+        infos = {info.name: info for info in self.infos}
+        results = []
+        for impl in reversed(impls):
+            try:
+                result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except RlhfLabError:
+                raise
+            except Exception as exc:
+                raise infos[impl.plugin_name].failure(f"failed in {hook_name}: {type(exc).__name__}: {exc}") from exc
+            if result is not None:
+                results.append(result)
+        return results
 
     def store_configs(self) -> None:
         """Make every registered schema a Hydra option of its group (``objective=<name>``)."""

@@ -51,31 +51,31 @@ def run_group(cfg: DictConfig) -> str:
     return cfg.experiment
 
 
-def run_dir_csv_logger(run_dir: Path):
-    """``metrics.csv`` in the run directory itself. Lightning's CSV writer warns that "previous log
-    files ... will be deleted" (and deletes metrics.csv) whenever its directory is not empty, which
-    a Hydra run directory always is (.hydra/). OutputDirGuard already refuses a directory that holds
-    a run, so the writer here skips that check; a resumed run appends to its metrics.csv."""
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-
-    class RunDirWriter(ExperimentWriter):
-        def _check_log_dir_exists(self) -> None:
-            pass
-
-    logger = CSVLogger(save_dir=run_dir, name="", version="")
-    logger._experiment = RunDirWriter(log_dir=logger.log_dir)
-    return logger
+def wandb_run_id(run_dir: Path) -> str | None:
+    """The id of the W&B run already in ``run_dir`` (its newest), read from W&B's own file names
+    (``wandb/[offline-]run-<time>-<id>/run-<id>.wandb``)."""
+    files = sorted(run_dir.glob("wandb/*run-*/run-*.wandb"), key=lambda p: p.parent.name.split("run-", 1)[1])
+    return files[-1].stem.removeprefix("run-") if files else None
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+def build_loggers(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> list:
+    """The ``logger`` group's loggers. ``resume`` (``ResumePoint.log_state``; None for a new run)
+    makes each continue its history: CSV keeps the rows the checkpoint covers and appends, W&B
+    continues the same run id (offline too), TensorBoard keeps its event files and hides the steps
+    that the resumed run logs again (``purge_step``)."""
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    from rlhf_lab.training.loggers import ContinuedCSVLogger
 
     name = cfg.logger.name
     if name == "none":
         return []
     if name in ("csv", "tensorboard"):
-        logger = run_dir_csv_logger(run_dir) if name == "csv" else TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="")
+        if name == "csv":
+            logger = ContinuedCSVLogger(run_dir, keep=resume)
+        else:
+            purge = None if resume is None or resume.get("log_step") is None else resume["log_step"] + 1
+            logger = TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", purge_step=purge)
         # The resolved config, as W&B gets it: hparams.yaml, and TensorBoard's HPARAMS tab.
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         return [logger]
@@ -91,6 +91,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
                 mode=wandb_mode(cfg.logger.mode),
                 tags=list(cfg.logger.tags),
                 config=OmegaConf.to_container(cfg, resolve=True),
+                id=wandb_run_id(run_dir) if resume is not None else None,  # WandbLogger passes resume="allow"
             )
         ]
     raise ConfigError(f"logger.name must be wandb, csv, tensorboard or none, got '{name}'.")

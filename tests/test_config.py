@@ -10,7 +10,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from rlhf_lab.__main__ import CONF_DIR, whole_mappings
-from rlhf_lab.config import OptimConfig
+from rlhf_lab.config import OptimConfig, validate
+from rlhf_lab.errors import ConfigError
 from rlhf_lab.objectives.base import lr_lambda
 from rlhf_lab.plugins import load_plugins
 from tests.inprocess import compose_cli
@@ -181,3 +182,36 @@ def test_readme_mixture_preset_is_a_data_option(tmp_path):
     cfg = compose_cli("data=my_mix", f"hydra.searchpath=[file://{tmp_path}]")
     assert list(cfg.data.sources) == ["math", "chat"] and list(cfg.data.holdout_tasks) == ["chat"]
     assert cfg.data.sources.chat.converter == "alpaca" and cfg.data.batch_size == 8  # schema defaults fill the rest
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.batch_size=0"], "data.batch_size=0: must be at least 1"),
+    (["trainer.max_steps=-5"], "trainer.max_steps=-5: must be a positive number of steps"),
+    (["trainer.max_steps=-1"], "trainer.max_steps=-1: must be a positive number of steps (or -1, with trainer.max_epochs > 0)"),
+    (["trainer.checkpoint_every_n_steps=0"], "trainer.checkpoint_every_n_steps=0: must be at least 1"),
+    (["optim.lr=nan"], "optim.lr=nan: must be a finite number >= 0"),  # 0 is a frozen run (tests/objectives/test_dpo.py)
+    (["optim.lr=-1e-3"], "optim.lr=-0.001: must be a finite number >= 0"),
+    (["optim.grad_clip=0"], "optim.grad_clip=0.0: must be a positive finite number, or null"),
+    (["data=jsonl"], "data.path is not set: data.loader=file reads a file (add data.path=FILE)"),
+    (["objective=grpo", "reward=python"], "reward.fn must be set: it has no default"),
+    (["objective=grpo", "reward=verifiable", "reward.timeout_s=0"], "reward.timeout_s=0.0: must be positive, or null"),
+    (["model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path=/no/such/model: no such directory (and not a hub id"),
+])  # fmt: skip
+def test_bad_values_are_named_before_anything_is_built(composer, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(composer(*overrides))
+    assert str(err.value).startswith(message)
+
+
+def test_a_model_directory_needs_its_config_and_its_tokenizer(composer, tmp_path, tiny_model_dir):
+    validate(composer("model=hf", f"model.name_or_path={tiny_model_dir}"))
+    with pytest.raises(ConfigError, match=rf"model.name_or_path={tmp_path}: not a model directory \(no config.json"):
+        validate(composer("model=hf", f"model.name_or_path={tmp_path}"))
+    (tmp_path / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(ConfigError, match=rf"model.name_or_path={tmp_path}: the model directory has no tokenizer"):
+        validate(composer("model=hf", f"model.name_or_path={tmp_path}"))
+
+
+def test_the_defaults_and_every_preset_pass(composer):
+    for overrides in ([], ["objective=dpo"], ["pipeline=rlhf"], ["data=mixture"], ["objective=ppo", "reward=verifiable"]):
+        validate(composer(*overrides))

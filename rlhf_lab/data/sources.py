@@ -206,17 +206,43 @@ def _load_file(path: str, split: str, cache_dir: str | None) -> datasets.Dataset
     builder = FILE_BUILDERS.get(p.suffix.lower())
     if builder is None:
         raise DataError(f"{path}: unsupported file type '{p.suffix}' (use one of {', '.join(FILE_BUILDERS)}).")
+    if p.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty.")
     try:
         return datasets.load_dataset(builder, data_files=str(p), split="train", cache_dir=cache_dir)
     except Exception as exc:
+        if builder != "parquet":
+            _locate_utf8_problem(p)
         if p.suffix.lower() == ".jsonl":
             _locate_jsonl_problem(p)
         raise DataError(f"{path}: could not be read as {builder}: {type(exc).__name__}: {exc}") from exc
 
 
+def _rows(ds, src: SourceConfig, where: str) -> list[dict]:
+    """The rows as dicts; text that is not UTF-8 is named by file and row (Arrow fails on reading it)."""
+    try:
+        return list(ds) if not isinstance(ds, list) else ds
+    except UnicodeDecodeError as exc:
+        if src.path and Path(src.path).is_file():
+            _locate_utf8_problem(Path(src.path))
+        raise DataError(f"{where}: text that is not valid UTF-8 ({exc.reason}).") from exc
+
+
+def _locate_utf8_problem(path: Path) -> None:
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                kind = "row" if path.suffix.lower() == ".jsonl" else "line"
+                raise DataError(f"{path} {kind} {lineno}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); "
+                                "save the file as UTF-8.") from None
+
+
 def _locate_jsonl_problem(path: Path) -> None:
     """When Arrow cannot read a JSONL file, find the first bad line ourselves to name it."""
     types: dict[str, type] = {}
+    rows = 0
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -236,6 +262,9 @@ def _locate_jsonl_problem(path: Path) -> None:
                         f"{path} row {lineno}: field '{key}' is {type(value).__name__}, "
                         f"earlier rows have {seen.__name__}."
                     )
+            rows += 1
+    if rows == 0:
+        raise DataError(f"{path}: no rows (the file has only blank lines).")
 
 
 def load_source(
@@ -261,7 +290,7 @@ def load_source(
     else:
         known = ", ".join(["file", "hub", *sorted(loaders)])
         raise DataError(f"data source '{name}': set `path` or `hub`, or a loader (known: {known}); got loader={src.loader}.")
-    rows = list(ds) if not isinstance(ds, list) else ds
+    rows = _rows(ds, src, where)
     if src.limit is not None:
         rows = rows[: src.limit]
     rows = [_canonical(row, src, name, where, i, fmt, chat) for i, row in enumerate(rows, start=1)]

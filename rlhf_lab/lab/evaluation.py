@@ -16,7 +16,8 @@ reference), every ``data.eval_every_n_steps`` steps and at the end, and reports 
 The values before training are under ``world_initial/``. A reward model (``objective=rm``) is
 scored instead on test-split preference pairs: ``world/rm_accuracy`` beside
 ``world/bayes_accuracy``, the best accuracy any model can expect on those noisy labels.
-Every evaluation is also appended to ``<run dir>/world_eval.jsonl`` for reports.
+Every evaluation is also appended to ``<run dir>/world_eval.jsonl`` for reports; a resumed run
+first drops the lines of steps after its checkpoint (it evaluates them again).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from rlhf_lab.objectives.rm import sequence_rewards
 from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps
 from rlhf_lab.rollout.generation import HFGenerator, Sampling
+from rlhf_lab.training.checkpoints import write_atomic
 
 EVAL_SEED = 2024  # every evaluation samples with the same seed, outside the training RNG streams
 
@@ -46,6 +48,14 @@ def proxy_model_path(cfg: DictConfig) -> str | None:
     if cfg.reward is not None and cfg.reward.name == "model":
         return cfg.reward.path
     return None
+
+
+def forget_after(trace: Path, step: int) -> None:
+    """Keep the evaluations of ``trace`` (world_eval.jsonl) up to ``step``; a line cut short by a kill goes too."""
+    if trace.exists():
+        lines = trace.read_text().splitlines(keepends=True)
+        kept = "".join(line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step)
+        write_atomic(trace, lambda f: f.write(kept.encode()))
 
 
 class WorldEvaluation(L.Callback):
@@ -60,6 +70,8 @@ class WorldEvaluation(L.Callback):
     # --- hooks --------------------------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step > 0 and trainer.is_global_zero:  # resumed: the steps after its checkpoint come again
+            forget_after(self.log_path, trainer.global_step)
         if self.is_reward_model:
             return
         rows = world.generate("prompt", self.data.eval_prompts, seed=self.data.generator_seed, split="test")

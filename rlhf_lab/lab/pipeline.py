@@ -45,7 +45,9 @@ def stage_command(cfg: DictConfig, run_dir: Path, name: str, group: str, cli_ove
 def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the stages not yet done, in order; returns the pipeline's summary."""
     hydra_cfg = HydraConfig.get()
-    cli_overrides = [o for o in hydra_cfg.overrides.task if not o.split("=", 1)[0].lstrip("+~").startswith(("pipeline", "resume"))]
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+    # Every stage is resumed by the pipeline; an allowed change (resume_allow_changes) reaches them all.
+    cli_overrides = [o for o, key in zip(hydra_cfg.overrides.task, keys) if not (key.startswith("pipeline") or key == "resume")]
     group = f"{cfg.experiment}:{run_dir.as_posix().strip('/').replace('/', '_')}"
     summary: dict = {"pipeline": cfg.pipeline.name, "stages": list(cfg.pipeline.stages), "wandb_group": group}
     for name, stage in cfg.pipeline.stages.items():

@@ -42,7 +42,11 @@ def _location(cfg: ModelConfig) -> str:
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     location = _location(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(location, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as exc:  # a hub id that the hub (or its cache, offline) cannot provide
+        reason = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"model.name_or_path={location}: not a local model directory, and the hub could not provide it ({reason})") from exc
     if tokenizer.pad_token is None:
         # Decoder-only checkpoints often ship without a pad token; padding is masked out anyway.
         tokenizer.pad_token = tokenizer.eos_token
@@ -219,17 +223,24 @@ def export_pretrained(model, tokenizer: PreTrainedTokenizerBase, out_dir: Path, 
 
     LoRA adapters are merged so that plain ``AutoModelForCausalLM.from_pretrained`` loads the result.
     ``state_dict`` replaces the model's own (the full weights gathered from an FSDP-sharded model).
+    An ``out_dir`` already there is an export of the same run that died before its summary (a new
+    run never reuses a directory): the new copy takes its place, so the end of a run can run again.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists; refusing to overwrite an exported model.")
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    if hasattr(model, "merge_and_unload"):
-        import copy
+    try:
+        if hasattr(model, "merge_and_unload"):
+            import copy
 
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out_dir)
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        old = out_dir.with_name(f".{out_dir.name}.old.tmp-{os.getpid()}")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -35,6 +35,8 @@ from rlhf_lab.models import TINY_DIR, disable_dropout, eval_mode
 from rlhf_lab.models.lm import score_labels
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps
+from rlhf_lab.training.checkpoints import remove_stale_tmp, write_atomic
+from rlhf_lab.training.faults import fault_point
 
 log = logging.getLogger(__name__)
 REFERENCES = ("precompute", "live")
@@ -116,14 +118,19 @@ class DPO(Objective):
         processes each scores every world_size-th pair and the results are gathered."""
         path = reference_cache_path(self.cfg.ref_cache_dir, self.models.cfg, features)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        remove_stale_tmp(path.parent, only_dead_writers=True)  # left by a run killed while writing the cache
         hit = path.exists()
         if world > 1:  # one decision for all ranks: a sweep may be writing the file right now
             hits = [None] * world
             torch.distributed.all_gather_object(hits, hit)
             hit = all(hits)
         if hit:
-            log.info("reference log-probs: loaded %d pairs from cache %s", len(features), path)
-            return torch.load(path, weights_only=True)
+            try:
+                ref_logps = torch.load(path, weights_only=True)
+                log.info("reference log-probs: loaded %d pairs from cache %s", len(features), path)
+                return ref_logps
+            except Exception as exc:  # writes are atomic: only a damaged disk or a hand-made file gets here
+                log.warning("reference log-probs: cache %s is unreadable (%s); computing them again", path, type(exc).__name__)
         # Every rank runs the same number of batches (FSDP's collectives need it): the shares are
         # padded to equal length with a repeat of the first pair, dropped afterwards.
         share = features[rank::world]
@@ -135,6 +142,7 @@ class DPO(Objective):
             for batch in DataLoader(share, batch_size=batch_size, collate_fn=collate):
                 batch = move_data_to_device(batch, self.device)
                 mine.append(self.score_reference(batch, reference).view(2, -1).T.cpu())  # (b, 2)
+                fault_point("reference_precompute")  # test hook (rlhf_lab.training.faults)
         mine = torch.cat(mine)  # (len(share), 2)
         parts = [mine]
         if world > 1:
@@ -144,10 +152,7 @@ class DPO(Objective):
         for r, part in enumerate(parts):
             ref_logps[r::world] = part[: len(range(r, len(features), world))]
         if rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            torch.save(ref_logps, tmp)
-            os.replace(tmp, path)
+            write_atomic(path, lambda f: torch.save(ref_logps, f))
             log.info("reference log-probs: computed %d pairs over %d process(es), cached at %s", len(features), world, path)
         return ref_logps
 

@@ -147,8 +147,8 @@ def build_evaluator(cfg: DictConfig, registry, tokenizer: PreTrainedTokenizerBas
     eval_cfg = cfg.eval if cfg.eval is not None else OmegaConf.structured(EvalConfig)
     prompting = cfg.prompting if cfg.prompting is not None else OmegaConf.structured(ZeroShotConfig(name="zero_shot"))
     entry = registry.get("prompting", prompting.name)
-    strategy = entry.target(prompting)
-    loaders = {name: e.target for name, e in registry.entries["dataset"].items()}
+    strategy = entry.create(prompting)
+    loaders = {name: e.create for name, e in registry.entries["dataset"].items()}
     return Evaluator(load_task(eval_cfg, loaders, prompting.get("split")), strategy, prompting.name, tokenizer)
 
 

@@ -90,7 +90,7 @@ def filter_round(instructions: list[str], seen: list[list[str]], cfg: SelfInstru
 
 
 def seed_tasks(cfg: DictConfig, host) -> list[tuple[str, str]]:
-    loaders = {name: e.target for name, e in host.registry.entries["dataset"].items()}
+    loaders = {name: e.create for name, e in host.registry.entries["dataset"].items()}
     rows, where = load_source("seeds", cfg.self_instruct.seeds, "sft", loaders)
     rows, _ = validate(rows, "sft", where, "error")
     pairs = [(r["messages"][-2]["content"], r["messages"][-1]["content"]) if r.get("messages") else (r["prompt"], r["completion"]) for r in rows]

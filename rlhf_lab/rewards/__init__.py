@@ -9,6 +9,9 @@ beside the reward it optimises.
 
 ``Reward`` wraps a score function for the trainer: it passes the columns, checks that every
 score is a finite number, and turns any failure into a ``RewardError`` that names the source.
+It times every call (a call over ``SLOW_S`` is logged with its time); with ``reward.timeout_s``
+the call runs in a helper thread, a line reports a call still running every ``PROGRESS_EVERY_S``,
+and a call past the limit stops the run (the thread is abandoned: Python cannot stop one).
 With no ``reward`` chosen, online RL uses ``verifiable``: the exact-answer reward that prompt rows
 with an ``answer`` column define.
 """
@@ -16,7 +19,10 @@ with an ``answer`` column define.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+import threading
+import time
 from typing import Any, Callable
 
 import torch
@@ -25,6 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf_lab.errors import ConfigError, RlhfLabError
 
 DEFAULT_REWARD = "verifiable"
+SLOW_S = 1.0  # a scoring call that took longer is logged with its time
+PROGRESS_EVERY_S = 10.0  # with a timeout: how often a call still running is reported
+log = logging.getLogger(__name__)
 
 
 class RewardError(RlhfLabError):
@@ -36,10 +45,11 @@ def _qualified(fn: Callable) -> str:
 
 
 class Reward:
-    def __init__(self, name: str, score: Callable[..., list[float]]):
+    def __init__(self, name: str, score: Callable[..., list[float]], timeout_s: float | None = None):
         self.name = name  # for messages: "'python' (my_module:score)"
         self.score = score
         self.gold = getattr(score, "gold", None)
+        self.timeout_s = timeout_s
 
     def __call__(self, prompts: list, completions: list[str], rows: list[dict]) -> torch.Tensor:
         """(N,) float32 scores of ``completions``; raises ``RewardError`` naming the source."""
@@ -50,7 +60,7 @@ class Reward:
 
     def _checked(self, fn: Callable, what: str, prompts: list, completions: list[str], rows: list[dict]) -> torch.Tensor:
         try:
-            values = list(fn(prompts, completions, **self._columns(fn, what, rows)))
+            values = self._timed(fn, what, prompts, completions, self._columns(fn, what, rows))
         except RlhfLabError:
             raise
         except Exception as exc:
@@ -68,6 +78,43 @@ class Reward:
                     f"(prompt {str(prompts[i])[:60]!r}); every score must be a finite number."
                 )
         return torch.tensor([float(v) for v in values], dtype=torch.float32)
+
+    def _timed(self, fn: Callable, what: str, prompts: list, completions: list[str], columns: dict) -> list:
+        start = time.perf_counter()
+        if self.timeout_s is None:
+            values = list(fn(prompts, completions, **columns))
+        else:
+            values = self._within_timeout(fn, what, prompts, completions, columns)
+        seconds = time.perf_counter() - start
+        (log.info if seconds >= SLOW_S else log.debug)("%s %s: scored %d completions in %.2f s", what, self.name, len(completions), seconds)
+        return values
+
+    def _within_timeout(self, fn: Callable, what: str, prompts: list, completions: list[str], columns: dict) -> list:
+        outcome: dict[str, Any] = {}
+        grad = torch.is_grad_enabled()  # thread-local: the helper thread scores as the caller would
+
+        def call() -> None:
+            try:
+                with torch.set_grad_enabled(grad):
+                    outcome["values"] = list(fn(prompts, completions, **columns))
+            except BaseException as exc:  # handed to the caller
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=call, name=f"{what} {self.name}", daemon=True)  # daemon: never holds up the exit
+        start = time.perf_counter()
+        thread.start()
+        while True:
+            thread.join(min(PROGRESS_EVERY_S, max(0.0, self.timeout_s - (time.perf_counter() - start))))
+            waited = time.perf_counter() - start
+            if not thread.is_alive():
+                break
+            if waited >= self.timeout_s:
+                raise RewardError(f"{what} {self.name} took longer than reward.timeout_s={self.timeout_s:g} s to score "
+                                  f"{len(completions)} completions; the run stops here (raise reward.timeout_s to allow more).")
+            log.info("%s %s: still scoring %d completions after %.0f s", what, self.name, len(completions), waited)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["values"]
 
     def _columns(self, fn: Callable, what: str, rows: list[dict]) -> dict[str, list]:
         """The row columns that ``fn`` names after (prompts, completions), or all for ``**columns``."""
@@ -92,6 +139,6 @@ def build_reward(cfg: DictConfig | None, entries: dict[str, Any], tokenizer) -> 
     if cfg.name not in entries:
         raise ConfigError(f"No reward named '{cfg.name}' is registered (known: {', '.join(sorted(entries))}).")
     entry = entries[cfg.name]
-    score = entry.target(cfg, tokenizer)
+    score = entry.create(cfg, tokenizer)
     origin = "" if entry.plugin.entry_point == "built-in" else f", from {entry.plugin}"
-    return Reward(f"'{cfg.name}' ({_qualified(score)}{origin})", score)
+    return Reward(f"'{cfg.name}' ({_qualified(score)}{origin})", score, cfg.get("timeout_s"))

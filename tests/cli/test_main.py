@@ -69,6 +69,34 @@ def test_malformed_data_stops_before_training_naming_file_and_row(cli, tmp_path)
     assert not (res.run_dir / "summary.json").exists() and not (res.run_dir / "metrics.csv").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,line", [
+    (("data=jsonl", "data.path={dir}/latin1.jsonl"), "{dir}/latin1.jsonl row 2: not valid UTF-8 (byte 0xe9 at column 16)"),
+    (("trainer.max_steps=-5",), "trainer.max_steps=-5: must be a positive number of steps"),
+    (("model=hf", "model.name_or_path={dir}/nope"), "model.name_or_path={dir}/nope: no such directory"),
+])  # fmt: skip
+def test_bad_input_is_one_line_naming_it_and_nothing_is_written(cli, tmp_path, overrides, line):
+    (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "c"}\n'.encode("latin-1"))
+    res = cli(*QUICK, "logger=csv", *(o.format(dir=tmp_path) for o in overrides))
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith(f"rlhf_lab: error: {line.format(dir=tmp_path)}")
+    assert "rlhf_lab: error" not in "".join(res.stderr.strip().splitlines()[:-1]) and "Traceback" not in res.output
+    assert sorted(p.name for p in res.run_dir.iterdir()) == [".hydra", ".rlhf_lab.lock", "rlhf_lab.log"]
+
+
+@pytest.mark.slow
+def test_a_reward_functions_own_traceback_goes_to_the_job_log_and_to_the_console_when_asked(cli):
+    res = cli("objective=grpo", "reward=python", "reward.fn=tests.rewards.functions:fails_later", "logger=csv",
+              "data.num_rows=32", "data.batch_size=4", "objective.max_new_tokens=4", "trainer.max_steps=2",
+              env={"FAIL_AT_CALL": "1", "HYDRA_FULL_ERROR": "1"})
+    assert res.returncode == 1
+    line = "rlhf_lab: error: reward 'python' (tests.rewards.functions:fails_later) raised ConnectionError: judge service unreachable"
+    assert res.stderr.strip().splitlines()[-1] == line
+    for trace in (res.stderr, (res.run_dir / "rlhf_lab.log").read_text()):
+        assert 'tests/rewards/functions.py", line' in trace and "in fails_later" in trace
+        assert "The above exception was the direct cause of the following exception" in trace
+
+
 def test_unknown_key_exits_nonzero_naming_it(cli):
     res = cli("objective.bta=0.1")
     assert res.returncode != 0 and "bta" in res.output
@@ -106,6 +134,7 @@ def test_multirun_jobs_are_separate_wandb_runs_in_one_group(cli, tmp_path):
 @pytest.mark.parametrize(("argv", "default"), [
     ([], True),
     (["hydra.run.dir=out", "resume=auto"], True),   # where the run goes / resuming it: still the default run
+    (["resume=auto", "resume_allow_changes=[optim.lr]"], True),
     (["--cfg", "job"], True),                       # a flag's value is not an override
     (["-m"], True),
     (["objective=sft"], False),

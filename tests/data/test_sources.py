@@ -88,6 +88,24 @@ def test_missing_file_is_named(tmp_path):
         rows_of(DataConfig(path=str(tmp_path / "nope.jsonl")))
 
 
+@pytest.mark.parametrize("suffix,kind", [(".jsonl", "row"), (".csv", "line")])
+def test_text_that_is_not_utf8_is_named_by_file_and_row(tmp_path, suffix, kind):
+    path = tmp_path / f"latin1{suffix}"
+    lines = {".jsonl": ['{"prompt": "a", "completion": "b"}', '{"prompt": "caf\xe9", "completion": "c"}'],
+             ".csv": ["prompt,completion", "a,b", "caf\xe9,c"]}[suffix]  # fmt: skip
+    path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=rf"latin1{suffix} {kind} {3 if suffix == '.csv' else 2}: not valid UTF-8 \(byte 0xe9 at column \d+\)"):
+        rows_of(DataConfig(path=str(path)))
+
+
+@pytest.mark.parametrize("content,message", [("", "the file is empty"), ("\n  \n\n", "no rows \\(the file has only blank lines\\)")])
+def test_an_empty_file_is_named(tmp_path, content, message):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=rf"empty.jsonl: {message}"):
+        rows_of(DataConfig(path=str(path)))
+
+
 # --- public layouts, on local files of the same shape -----------------------------------------------
 
 

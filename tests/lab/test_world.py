@@ -84,3 +84,12 @@ def test_sample_completion_uses_one_to_three_distinct_descriptors():
     for _ in range(200):
         words = world.descriptors(world.sample_completion(rng))
         assert 1 <= len(words) <= world.MAX_DESCRIPTORS and len(set(words)) == len(words)
+
+
+def test_a_resumed_run_forgets_the_evaluations_after_its_checkpoint(tmp_path):
+    from rlhf_lab.lab.evaluation import forget_after
+
+    trace = tmp_path / "world_eval.jsonl"
+    trace.write_text("".join(f'{{"step": {s}, "gold_reward": {s / 10}}}\n' for s in (0, 5, 10, 15)) + '{"step": 20, "gold')
+    forget_after(trace, 10)  # resumed from step 10: steps 15 and 20 are evaluated again
+    assert [line.split(",")[0] for line in trace.read_text().splitlines()] == ['{"step": 0', '{"step": 5', '{"step": 10']

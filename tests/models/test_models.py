@@ -47,11 +47,14 @@ def test_lora_trains_adapters_only_and_exports_merged(tmp_path, tiny_tokenizer):
         assert torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-5)
 
 
-def test_export_never_overwrites(tmp_path, tiny_tokenizer):
-    model = load_causal_lm(ModelConfig())
-    export_pretrained(model, tiny_tokenizer, tmp_path / "m")
-    with pytest.raises(FileExistsError):
-        export_pretrained(model, tiny_tokenizer, tmp_path / "m")
+def test_export_again_swaps_the_new_copy_in(tmp_path, tiny_tokenizer):
+    """The end of a resumed run exports again over its own earlier export (a new run never reuses a directory)."""
+    first, second = (load_causal_lm(ModelConfig(init_seed=seed)) for seed in (1, 2))
+    export_pretrained(first, tiny_tokenizer, tmp_path / "m")
+    export_pretrained(second, tiny_tokenizer, tmp_path / "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").state_dict()
+    assert all(torch.equal(v, second.state_dict()[k]) for k, v in reloaded.items())
+    assert not all(torch.equal(v, first.state_dict()[k]) for k, v in reloaded.items())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary left behind
 
 

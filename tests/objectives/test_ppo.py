@@ -151,6 +151,6 @@ def test_a_failing_reward_stops_the_run_and_keeps_the_last_checkpoint(cli, failu
     assert "Traceback" not in res.output
     assert not (res.run_dir / "summary.json").exists() and not (res.run_dir / "model").exists()
     # rollouts 1-3 trained; the 4th failed before any update: the checkpoint of step 2 is intact
-    last = torch.load(res.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(res.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())

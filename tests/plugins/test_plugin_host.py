@@ -104,6 +104,37 @@ def test_listing_reports_hook_api_and_plugin_versions(site, capsys):
     assert f"{module}  [good-listed 1.2.3; {module} = {module}]  objective=nll" in out
 
 
+RUN_HOOKS = HEADER + """
+from rlhf_lab.api import RewardConfig
+
+@dataclass
+class JudgeConfig(RewardConfig):
+    pass
+
+def judge(cfg, tokenizer):
+    raise ConnectionError("judge service unreachable")
+
+@hookimpl
+def rlhf_lab_add_rewards(register):
+    register.add_reward("judge", judge, JudgeConfig)
+
+@hookimpl
+def rlhf_lab_configure(cfg):
+    if cfg.get("boom"):
+        raise KeyError("boom")
+"""
+
+
+def test_a_plugin_failing_in_a_run_hook_or_factory_is_named(site):
+    module = site.add("acme-judge", RUN_HOOKS, version="0.3.0")
+    host = load_plugins()
+    host.call("rlhf_lab_configure", cfg={"boom": False})
+    with pytest.raises(PluginError, match=rf"plugin '{module}' \(distribution acme-judge 0.3.0\) failed in rlhf_lab_configure: KeyError: 'boom'"):
+        host.call("rlhf_lab_configure", cfg={"boom": True})
+    with pytest.raises(PluginError, match=rf"plugin '{module}' .* failed building reward 'judge': ConnectionError: judge service unreachable"):
+        host.registry.get("reward", "judge").create(None, None)
+
+
 @pytest.mark.slow
 def test_cli_stops_without_traceback_then_runs_with_the_plugin_disabled(rlhf_lab_fake_plugins, rlhf_lab_cli, rlhf_lab_run):
     rlhf_lab_fake_plugins.add("acme-broken", BROKEN["raises_on_import"][0], version="2.3.4")

@@ -101,6 +101,43 @@ def test_a_raising_reward_is_an_error_naming_it():
         reward(["q1"], ["a"], ROWS[:1])
 
 
+def test_a_reward_call_past_its_timeout_stops_naming_the_reward_and_reports_progress(monkeypatch, caplog):
+    import threading
+
+    import rlhf_lab.rewards as rewards
+
+    monkeypatch.setattr(rewards, "PROGRESS_EVERY_S", 0.05)
+    release = threading.Event()  # the stuck call: it never returns by itself
+
+    def stuck(prompts, completions):
+        release.wait()
+        return [1.0] * len(completions)
+
+    reward = Reward("'python' (judges:slow)", stuck, timeout_s=0.3)
+    with caplog.at_level("INFO", logger="rlhf_lab.rewards"), pytest.raises(RewardError) as failure:
+        reward(["q1", "q2"], ["a", "b"], ROWS)
+    release.set()
+    assert str(failure.value).startswith("reward 'python' (judges:slow) took longer than reward.timeout_s=0.3 s to score 2 completions")
+    assert any("reward 'python' (judges:slow): still scoring 2 completions after" in r.getMessage() for r in caplog.records)
+
+
+def test_a_reward_within_its_timeout_scores_as_without_one(monkeypatch, caplog):
+    import rlhf_lab.rewards as rewards
+
+    monkeypatch.setattr(rewards, "SLOW_S", 0.0)  # every call counts as slow: its time is reported
+
+    def needs_grad_off(prompts, completions, answer):
+        assert not torch.is_grad_enabled()  # the caller's no_grad reaches the helper thread
+        return [float(c == a) for c, a in zip(completions, answer)]
+
+    reward = Reward("'python' (judges:exact)", needs_grad_off, timeout_s=30)
+    with caplog.at_level("INFO", logger="rlhf_lab.rewards"), torch.no_grad():
+        assert reward(["q1", "q2"], ["2", "x"], ROWS).tolist() == [1.0, 0.0]
+    assert any(r.getMessage().startswith("reward 'python' (judges:exact): scored 2 completions in ") for r in caplog.records)
+    with pytest.raises(RewardError, match="raised ZeroDivisionError"):  # its own error still names it
+        Reward("'python' (judges:bad)", lambda p, c: 1 / 0, timeout_s=30)(["q1"], ["a"], ROWS[:1])
+
+
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory, tiny_tokenizer):
     """A reward model directory as objective=rm exports it (random backbone, a non-trivial head)."""

@@ -1,0 +1,263 @@
+"""Checkpoint files: atomic writes that name a full disk, loading with ``weights_only=True`` only,
+the newest intact checkpoint (a torn or corrupt one is skipped with one log line), the clean-up of
+killed writes, and the callback that decides when a checkpoint is written."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
+
+from rlhf_lab.errors import StorageFull, TrainingError
+from rlhf_lab.training.faults import fault_point
+
+log = logging.getLogger(__name__)
+# ENOSPC: the disk is full; EDQUOT: the user's quota; EFBIG: this process's file-size limit (ulimit -f).
+NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+           errno.EFBIG: "file size limit of this process (ulimit -f) reached"}  # fmt: skip
+STALE = re.compile(r"^\..+\.tmp-(\d+)$")  # .<name>.tmp-<pid>: a write (or export) that never finished
+
+
+class CorruptCheckpoint(TrainingError):
+    """A checkpoint file that cannot be read (torn, emptied, overwritten)."""
+
+
+# --- atomic files ---------------------------------------------------------------------------------
+
+
+class _WriteAll:
+    """A file whose ``write`` writes everything or raises the OSError with its errno, and keeps it
+    in ``error``: torch's zip writer ignores a short write, and on its way out replaces the OSError
+    with a RuntimeError that says nothing of the cause ("unexpected pos", "basic_ios::clear")."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        total = view.nbytes
+        try:
+            while view:
+                view = view[self.raw.write(view) :]
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+        return total
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then rename it to ``path``: readers
+    (and a resumed run) find the old file or the new one, never a torn one. On failure the
+    temporary file is removed and the old file stays; a full disk raises ``StorageFull``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    out = None
+    try:
+        with open(tmp, "wb", buffering=0) as raw:
+            out = _WriteAll(raw)
+            write(out)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        cause = out.error if out is not None and out.error is not None else exc
+        if isinstance(cause, OSError) and cause.errno in NO_ROOM:
+            free = shutil.disk_usage(path.parent).free
+            raise StorageFull(f"{NO_ROOM[cause.errno]}: could not write {path} ({free / 2**20:.1f} MiB free on its filesystem); "
+                              "the temporary file was removed and nothing was replaced.") from cause
+        raise
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def remove_stale_tmp(directory: Path, *, only_dead_writers: bool) -> None:
+    """Remove the temporary files and folders of writes that never finished (``.<name>.tmp-<pid>``):
+    every one when the caller holds the directory (its run lock), else those whose writer is gone
+    (a cache that several runs share)."""
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        match = STALE.match(path.name)
+        if match and not (only_dead_writers and _alive(int(match[1]))):
+            log.info("removing %s, left by a write that never finished", path)
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+def checkpoint_files(ckpt_dir: Path) -> list[Path]:
+    """The checkpoint files in ``ckpt_dir`` (not the ``last.ckpt`` link), newest first."""
+    found = [p for p in Path(ckpt_dir).glob("*.ckpt") if p.is_file() and not p.is_symlink()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def newest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = checkpoint_files(ckpt_dir)
+    return found[0] if found else None
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint at ``path``, its tensors memory-mapped (not read), loaded with
+    ``weights_only=True``: tensors and plain data, never code. Raises ``CorruptCheckpoint``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CorruptCheckpoint(f"{path} is not an intact checkpoint: {_unreadable(Path(path), exc)}") from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why, in words; never torch's advice to load with ``weights_only=False``."""
+    if not path.is_file():
+        return "no such file"
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):
+        return "truncated or overwritten (not a torch.save archive)"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain data, which rlhf_lab never loads"
+    return f"unreadable ({type(exc).__name__})"
+
+
+def newest_intact_checkpoint(ckpt_dir: Path, *, report: bool = True) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads, and its contents; a bad one is skipped with one log line
+    naming it. None when there is none; ``CorruptCheckpoint`` when every one is bad."""
+    bad = []
+    for path in checkpoint_files(ckpt_dir):
+        try:
+            return path, read_checkpoint(path)
+        except CorruptCheckpoint as exc:
+            if report:
+                log.warning("%s; skipped, an older checkpoint is tried", exc)
+            bad.append(path.name)
+    if bad:
+        raise CorruptCheckpoint(f"no intact checkpoint in {ckpt_dir} ({', '.join(bad)} unreadable); "
+                                "start a new run, or restore a checkpoint from a copy.")
+    return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints through ``write_atomic``; loads with ``weights_only=True``."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+
+        def write(f) -> None:
+            torch.save(checkpoint, f)
+            fault_point("checkpoint_write")  # test hook: killed with the temporary file written, not renamed
+
+        try:
+            write_atomic(path, write)
+        except StorageFull as exc:
+            last = newest_checkpoint(path.parent)
+            raise StorageFull(f"{exc} Training stopped at this checkpoint; the last good one is {last or 'none'} "
+                              "(resume=auto continues from it once there is room).") from exc.__cause__
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+# --- when to write --------------------------------------------------------------------------------
+
+
+def validates_after_batch(trainer) -> bool:
+    """Whether Lightning validates right after the current training batch, on the schedule that
+    ``build_trainer`` sets: every ``val_check_batch`` batches across epochs, or at each epoch's end."""
+    if not trainer.enable_validation:
+        return False
+    loop = trainer.fit_loop.epoch_loop
+    if trainer.check_val_every_n_epoch is None:
+        return (loop.total_batch_idx + 1) % trainer.val_check_batch == 0
+    return loop.batch_progress.is_last_batch and (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0
+
+
+class Checkpoints(Checkpoint):
+    """``checkpoints/stepNNNNNN.ckpt``, the newest ``keep`` of them kept (a torn newest one has an
+    older one to fall back on), and ``last.ckpt``: a link to the newest. A checkpoint holds all of
+    its step, so that a resumed run neither repeats nor skips anything:
+
+    - every ``every_n_steps`` steps (when ``enabled``), after the step's validation if it has one
+      (Lightning skips the validation of a step whose checkpoint was written before it);
+    - at the end of training (when ``enabled``), after the final validation, evaluation and
+      logging: a run killed after it has only to export;
+    - on SIGTERM (preemption), after the current step, whatever the schedule. Lightning then stops
+      the run and ``resume=auto`` continues from here.
+
+    Lightning runs checkpoint callbacks after all others, so evaluations of a step come first.
+    """
+
+    def __init__(self, dirpath: Path, every_n_steps: int | None, enabled: bool, keep: int = 2):
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self.enabled = enabled
+        self.keep = keep
+        self._saved_step: int | None = None
+        self._after_validation: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if trainer.received_sigterm:
+            self.save(trainer)
+            return
+        # Step 0 is no step (with gradient accumulation, batches run before the first one).
+        due = self.enabled and self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._saved_step
+        final = 0 < trainer.max_steps <= step  # written at on_train_end instead
+        if due and not final:
+            if validates_after_batch(trainer):
+                self._after_validation = step
+            else:
+                self.save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._after_validation == trainer.global_step and not trainer.sanity_checking:
+            self._after_validation = None
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.enabled:
+            self.save(trainer)
+
+    def save(self, trainer) -> None:
+        """Every rank calls it (FSDP gathers the weights); the global-zero rank writes."""
+        path = self.dirpath / f"step{trainer.global_step:06d}.ckpt"
+        trainer.save_checkpoint(path, weights_only=False)  # the whole training state, not the weights only
+        self._saved_step = trainer.global_step
+        if trainer.is_global_zero:
+            link = tmp_path(self.dirpath / "last.ckpt")
+            link.unlink(missing_ok=True)
+            os.symlink(path.name, link)
+            os.replace(link, self.dirpath / "last.ckpt")
+            for old in checkpoint_files(self.dirpath)[self.keep :]:
+                old.unlink()
