@@ -76,8 +76,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume: dict | None = None) ->
         else:
             purge = None if resume is None or resume.get("log_step") is None else resume["log_step"] + 1
             logger = TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", purge_step=purge)
-        # The resolved config, as W&B gets it: hparams.yaml, and TensorBoard's HPARAMS tab.
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        # The resolved config, as W&B gets it: hparams.yaml, and TensorBoard's HPARAMS tab (written
+        # once, by the run's first process: a resumed one would add its summaries at step 0 again).
+        if name == "csv" or resume is None:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         return [logger]
     if name == "wandb":
         return [
