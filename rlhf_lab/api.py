@@ -14,11 +14,13 @@ from rlhf_lab.models import ModelFactory, disable_dropout
 from rlhf_lab.models.lm import Scored, score_labels
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.plugins import Registry
-from rlhf_lab.prompting import Doc, Prompt, Strategy, Task
+from rlhf_lab.prompting import LM, Answer, Doc, Prompt, Strategy, Task
 from rlhf_lab.rewards import RewardError
 
 __all__ = [
     "HOOK_API_VERSION",
+    "LM",
+    "Answer",
     "ConfigError",
     "DataConfig",
     "DataError",

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from rlhf_lab.plugins import Registry
 
-HOOK_API_VERSION = "1.2"
+HOOK_API_VERSION = "1.3"
 
 hookspec = pluggy.HookspecMarker("rlhf_lab")
 
@@ -58,7 +58,8 @@ def rlhf_lab_add_prompting(register: Registry) -> None:
     """Register prompting strategies (zero-shot, few-shot, chain-of-thought, ...) with
     ``register.add_prompting(name, factory, schema)``.
 
-    ``factory(cfg)`` returns the strategy object; ``schema`` extends
+    ``factory(cfg)`` returns the strategy object (a ``rlhf_lab.api.Strategy``: one prompt per
+    document, or a program of batched model calls in ``run``); ``schema`` extends
     ``rlhf_lab.config.PromptingConfig``. The name becomes ``prompting=<name>``. Every
     implementation is called.
     """
