@@ -123,9 +123,12 @@ DECOMPOSE_TRIGGER = "Let's break it down."  # prompting=least_to_most's default 
 CORRECT = "It is correct."  # prompting=self_refine's default stop phrase
 ARITH_OPERATIONS = {"train": (2, 3), "validation": (2, 3), "test": (2, 3), "test_long": (5, 6)}  # per problem, by split
 # What the SFT rows teach, in turn: answer directly; write the steps (cot); list sub-questions,
-# then answer each from the previous answer (least_to_most); critique a worked answer and revise
-# it (self_refine). Each on problems of the training split's length.
+# then answer each with one step from the previous answer (least_to_most); critique a worked answer
+# and revise it (self_refine). Each on problems of the training split's length, except the lists of
+# sub-questions, which cover up to 6 operations: the model learns to break long problems down (a
+# copy, which a 2-layer model does not extend past the lengths it was shown), but solves none.
 ARITH_HABITS = ("direct", "cot", "decompose", "solve", "feedback", "revise")
+DECOMPOSE_OPERATIONS = (2, 6)
 
 
 def arith_row(rng: random.Random, operations: tuple[int, int] = (2, 3)) -> dict:
@@ -211,14 +214,15 @@ def _arith_habit(habit: str, row: dict, rng: random.Random) -> dict:
         return {"prompt": question, "completion": answer}
     if habit == "cot":
         return {"prompt": cot_prompt, "completion": right}
-    subs = subquestions(question)
     if habit == "decompose":
-        return {"prompt": f"{question} {DECOMPOSE_TRIGGER}", "completion": " ".join(f'"{s}"' for s in subs)}
-    if habit == "solve":  # least-to-most's j-th solving stage: the solved sub-questions, then the next (the question last)
-        asked, values = [*subs, question], [*running_values(*parse_arith(question)), int(answer)]
+        longer = arith_row(rng, DECOMPOSE_OPERATIONS)["prompt"]
+        return {"prompt": f"{longer} {DECOMPOSE_TRIGGER}", "completion": " ".join(f'"{s}"' for s in subquestions(longer))}
+    if habit == "solve":  # least-to-most's j-th stage: the solved sub-questions, then the next (the question last)
+        asked, answers = [*subquestions(question), question], [*worked(*parse_arith(question)).split(". ")]
         j = rng.randrange(len(asked))
-        solved = "".join(f"{s} {v}\n" for s, v in zip(asked[:j], values[:j]))
-        return {"prompt": solved + asked[j], "completion": str(values[j])}
+        answers = [a if a.endswith(".") else f"{a}." for a in answers]  # one step each, then "The answer is v."
+        solved = "".join(f"{s} {a}\n" for s, a in zip(asked[:j], answers[:j]))
+        return {"prompt": solved + asked[j], "completion": answers[j]}
     wrong = _wrong_answer(question, rng)
     if habit == "feedback":
         shown = right if rng.random() < 0.5 else wrong

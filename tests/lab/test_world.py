@@ -112,6 +112,12 @@ def test_sft_rows_teach_each_habit_and_preference_rows_pair_right_with_wrong():
         first, *rest = re.findall(r'"([^"]+)"', row["completion"])
         rebuilt = first.removesuffix(".") + "".join(s.removeprefix("Then").removesuffix(".") for s in rest) + "."
         assert rebuilt == row["prompt"].removesuffix(f" {world.DECOMPOSE_TRIGGER}")
+    def operations(row):
+        return len(world.parse_arith(re.match(r"Compute [^.]*\.", row["prompt"]).group())[1])
+
+    # the model is shown how to break down problems of up to 6 operations, but solves only 2-3
+    assert {operations(row) for row in habits[world.ARITH_HABITS.index("decompose")]} == {2, 3, 4, 5, 6}
+    assert {operations(row) for habit in ("direct", "cot", "feedback", "revise") for row in habits[world.ARITH_HABITS.index(habit)]} == {2, 3}
     feedback = [row["completion"] for row in habits[world.ARITH_HABITS.index("feedback")]]
     assert 30 < feedback.count(world.CORRECT) < 70  # critiques of right and of wrong answers
     for row in world.generate("preference", 200, task="arith"):

@@ -61,12 +61,16 @@ class WorldModel:
             if answer is not None and not prompt.endswith("Revised:"):
                 return world.critique(question, answer)
             return world.worked(*world.parse_arith(question), (0, 1) if answer is None and i in self.slips else None)
-        *solved, asked = prompt.split("\n")  # least-to-most: solved "<question> <value>" lines, then the next question
-        value = int(solved[-1].rsplit(" ", 1)[1]) if solved else None
-        if asked.startswith("Then "):
+        *solved, asked = prompt.split("\n")  # least-to-most: solved "<question> <step>" lines, then the next question
+        if solved:
+            value = int(re.findall(r"-?\d+", solved[-1])[-1])
+            if not asked.startswith("Then "):
+                return f"The answer is {value}."
             _, op, operand = asked.rstrip(".").split(" ")
-            return str(value + int(operand) if op == "+" else value - int(operand))
-        return str(value if solved else world.running_values(*world.parse_arith(asked))[-1])
+            return f"{value} {op} {operand} = {value + int(operand) if op == '+' else value - int(operand)}."
+        start, operations = world.parse_arith(asked)
+        value = world.running_values(start, operations)[-1]
+        return world.worked(start, operations).removesuffix(f" The answer is {value}.") if len(operations) == 1 else str(value)
 
 
 def test_the_stand_in_answers_every_sft_row_of_the_world_as_the_row_does():
@@ -82,7 +86,7 @@ def world_task(split: str, n: int) -> Task:
 def test_least_to_most_solves_long_problems_one_sub_question_per_batched_stage():
     task, model = world_task("test_long", 6), WorldModel()
     answers = strategy(S.LeastToMost, S.LeastToMostConfig).run(task.docs, task, model, random.Random(0))
-    assert answers == [doc.answer for doc in task.docs]
+    assert answers == [f"The answer is {doc.answer}." for doc in task.docs]
     asked = [len(world.subquestions(doc.question)) + 1 for doc in task.docs]  # its sub-questions, then the question
     assert {5, 6} <= {a - 1 for a in asked}  # problems of 5 and 6 operations: stages end at different times
     # one call lists the sub-questions of all documents; stage j asks the documents that have a j-th question
