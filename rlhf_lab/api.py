@@ -19,13 +19,13 @@ from rlhf_lab.rewards import RewardError
 
 __all__ = [
     "HOOK_API_VERSION",
-    "LM",
     "Answer",
     "ConfigError",
     "DataConfig",
     "DataError",
     "Doc",
     "Encoder",
+    "LM",
     "ModelFactory",
     "Objective",
     "ObjectiveConfig",
