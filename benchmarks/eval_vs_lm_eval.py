@@ -3,13 +3,18 @@
     python benchmarks/eval_vs_lm_eval.py [--out DIR] [--model DIR | --train-steps 600] [--docs 200] [--k 3]
 
 1. Writes a GSM8K-shaped and an MMLU-shaped JSONL task (questions from rlhf_lab's synthetic
-   addition task) plus exemplar files, and an SFT file in the GSM8K prompt format.
+   addition task) plus exemplar files, a held-out text task for perplexity (documents of 1 to 60
+   solved sums, the longest beyond the model's 512-token context, so rolling windows are used),
+   read through conf/eval/wikitext_style.yaml (a `page` column), and an SFT file in the GSM8K
+   prompt format.
 2. Trains the embedded tiny model on that SFT file with ``python -m rlhf_lab`` (so greedy exact
    match is not trivially 0) and evaluates the exported ``<run dir>/model``.
 3. Runs both harnesses zero-shot and k-shot: generation (greedy, exact match after the strict and
-   flexible GSM8K filters) and multiple choice (acc, acc_norm); lm-evaluation-harness reads the
-   same files through task YAMLs (``dataset_path: json``, ``--include_path``) whose prompts equal
-   conf/eval/gsm8k_style.yaml and mmlu_style.yaml.
+   flexible GSM8K filters) and multiple choice (acc, acc_norm); and zero-shot rolling
+   log-likelihood (word_perplexity, byte_perplexity, bits_per_byte, equal to ``--rel-tol``: float
+   sums in another order). lm-evaluation-harness reads the same files through task YAMLs
+   (``dataset_path: json``, ``--include_path``) whose prompts equal conf/eval/gsm8k_style.yaml and
+   mmlu_style.yaml.
 4. Prints a markdown table of the metrics side by side, with each harness's samples/s over the
    whole job (task loading, prompt building, scoring; the model is loaded and lm-eval's task index
    built beforehand), the fastest of ``--runs`` runs.
@@ -67,6 +72,16 @@ doc_to_target: answer
 metric_list: [{{metric: acc}}, {{metric: acc_norm}}]
 """
 
+PPL_YAML = """task: bench_ppl
+dataset_path: json
+dataset_kwargs: {{data_files: {{test: {test}}}}}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{page}}}}"
+metric_list: [{{metric: word_perplexity}}, {{metric: byte_perplexity}}, {{metric: bits_per_byte}}]
+"""
+
 
 def addition_rows(n: int, seed: int) -> tuple[list[dict], list[dict]]:
     """GSM8K-shaped and MMLU-shaped rows asking sums of numbers below 20 (few enough for the tiny
@@ -83,6 +98,13 @@ def addition_rows(n: int, seed: int) -> tuple[list[dict], list[dict]]:
         choices.insert(label, str(a + b))
         mmlu.append({"question": question, "choices": choices, "answer": label})
     return gsm8k, mmlu
+
+
+def text_rows(n: int, seed: int) -> list[dict]:
+    """Held-out documents of 1 to 60 solved sums, one per line."""
+    rng = random.Random(seed)
+    gsm8k, _ = addition_rows(60 * n, seed)
+    return [{"page": "\n".join(f"{r['question']} {r['answer'].split('####')[-1].strip()}" for r in rng.sample(gsm8k, rng.randint(1, 60)))} for _ in range(n)]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -108,11 +130,8 @@ def ours(model, tokenizer, preset: str, path: Path, fewshot: Path, k: int, max_n
     from rlhf_lab.prompting.tasks import load_task
 
     started = time.perf_counter()
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(EvalConfig),
-        OmegaConf.load(REPO / "conf" / "eval" / f"{preset}.yaml"),
-        {"path": str(path), "fewshot_path": str(fewshot), "max_new_tokens": max_new_tokens, "batch_size": batch_size},
-    )
+    files = {"path": str(path)} if fewshot is None else {"path": str(path), "fewshot_path": str(fewshot), "max_new_tokens": max_new_tokens}
+    cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(REPO / "conf" / "eval" / f"{preset}.yaml"), {**files, "batch_size": batch_size})
     strategy = S.FewShot(OmegaConf.structured(S.FewShotConfig(name="few_shot", k=k))) if k else S.ZeroShot(OmegaConf.structured(S.ZeroShotConfig(name="zero_shot")))
     result = Evaluator(load_task(cfg, {}), strategy, "x", tokenizer).run(model)
     return result.metrics, time.perf_counter() - started
@@ -142,6 +161,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--runs", type=int, default=2, help="timed runs of each job (the fastest counts)")
+    parser.add_argument("--rel-tol", type=float, default=1e-5, help="relative tolerance of the perplexities (float sums in another order)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="eval_vs_lm_eval-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -151,11 +171,13 @@ def main() -> None:
     files = {
         "gsm8k_style": (write_jsonl(out / "gsm8k_test.jsonl", gsm8k[: args.docs]), write_jsonl(out / "gsm8k_fewshot.jsonl", gsm8k[args.docs :])),
         "mmlu_style": (write_jsonl(out / "mmlu_test.jsonl", mmlu[: args.docs]), write_jsonl(out / "mmlu_fewshot.jsonl", mmlu[args.docs :])),
+        "wikitext_style": (write_jsonl(out / "text_test.jsonl", text_rows(args.docs, seed=3)), None),
     }
     include = out / "lm_eval_tasks"
     include.mkdir(exist_ok=True)
     (include / "bench_gsm8k.yaml").write_text(GSM8K_YAML.format(test=files["gsm8k_style"][0], train=files["gsm8k_style"][1], max_new_tokens=args.max_new_tokens))
     (include / "bench_mmlu.yaml").write_text(MMLU_YAML.format(test=files["mmlu_style"][0], train=files["mmlu_style"][1]))
+    (include / "bench_ppl.yaml").write_text(PPL_YAML.format(test=files["wikitext_style"][0]))
 
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -171,17 +193,19 @@ def main() -> None:
     metric_pairs = {
         "gsm8k_style": [("exact_match_strict", "exact_match,strict-match"), ("exact_match_flexible", "exact_match,flexible-extract")],
         "mmlu_style": [("acc", "acc,none"), ("acc_norm", "acc_norm,none")],
+        "wikitext_style": [("word_perplexity", "word_perplexity,none"), ("byte_perplexity", "byte_perplexity,none"), ("bits_per_byte", "bits_per_byte,none")],
     }
-    lm_eval_task = {"gsm8k_style": "bench_gsm8k", "mmlu_style": "bench_mmlu"}
+    lm_eval_task = {"gsm8k_style": "bench_gsm8k", "mmlu_style": "bench_mmlu", "wikitext_style": "bench_ppl"}
     lines = ["| task | shots | metric | rlhf_lab | lm-eval | equal |", "|---|---|---|---|---|---|"]
     speed = ["| task | shots | rlhf_lab samples/s | lm-eval samples/s | ratio |", "|---|---|---|---|---|"]
     all_equal = True
     for preset, pairs in metric_pairs.items():
-        for k in (0, args.k):
+        for k in (0,) if preset == "wikitext_style" else (0, args.k):
             theirs, their_s = best_of(args.runs, lambda: lm_eval(lm, tasks, lm_eval_task[preset], k))
             mine, my_s = best_of(args.runs, lambda: ours(model, tokenizer, preset, *files[preset], k, args.max_new_tokens, args.batch_size))
             for our_key, their_key in pairs:
-                equal = abs(mine[our_key] - theirs[their_key]) < 1e-12
+                tolerance = args.rel_tol * abs(theirs[their_key]) if preset == "wikitext_style" else 1e-12
+                equal = abs(mine[our_key] - theirs[their_key]) <= tolerance
                 all_equal &= equal
                 lines.append(f"| {preset} | {k} | {our_key} | {mine[our_key]:.4f} | {theirs[their_key]:.4f} | {'yes' if equal else 'NO'} |")
             speed.append(f"| {preset} | {k} | {args.docs / my_s:.1f} | {args.docs / their_s:.1f} | {their_s / my_s:.2f}x |")

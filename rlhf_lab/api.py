@@ -15,7 +15,7 @@ from rlhf_lab.models.lm import Scored, score_labels
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.online import GroupConfig, GroupRL, OnlineRL, OnlineRLConfig
 from rlhf_lab.plugins import Registry
-from rlhf_lab.prompting import Doc, Prompt, Strategy, Task
+from rlhf_lab.prompting import LM, Answer, Doc, Prompt, Strategy, Task
 from rlhf_lab.rewards import RewardError
 from rlhf_lab.rollout.advantages import kl_penalised_rewards, masked_mean, masked_whiten
 from rlhf_lab.rollout.experience import Rollout
@@ -24,6 +24,7 @@ from rlhf_lab.rollout.losses import clipped_surrogate
 
 __all__ = [
     "HOOK_API_VERSION",
+    "Answer",
     "Completions",
     "ConfigError",
     "DataConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "Encoder",
     "GroupConfig",
     "GroupRL",
+    "LM",
     "ModelFactory",
     "Objective",
     "ObjectiveConfig",

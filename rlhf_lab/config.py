@@ -159,7 +159,7 @@ class EvalConfig(SourceConfig):
     num_rows: int = 100
     generator_seed: int = 12345  # not the training data's seed: evaluation rows are new questions
     name: str = "synthetic"  # task name in metric keys: eval/<name>/<strategy>/accuracy
-    kind: str = "generation"  # generation: exact match of the extracted answer | multiple_choice: log-likelihood of each choice
+    kind: str = "generation"  # generation: exact match of the extracted answer | multiple_choice: log-likelihood of each choice | loglikelihood_rolling: perplexity of each text
     fewshot_path: Optional[str] = None  # exemplar file (same fields); None: the evaluated rows, never the one being asked
     answer_split: Optional[str] = None  # marker between steps and final answer in the answer column (GSM8K: "####")
     question_template: str = "{question}"  # str.format over the row's fields; {options} lists labelled choices

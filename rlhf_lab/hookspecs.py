@@ -58,7 +58,8 @@ def rlhf_lab_add_prompting(register: Registry) -> None:
     """Register prompting strategies (zero-shot, few-shot, chain-of-thought, ...) with
     ``register.add_prompting(name, factory, schema)``.
 
-    ``factory(cfg)`` returns the strategy object; ``schema`` extends
+    ``factory(cfg)`` returns the strategy object (a ``rlhf_lab.api.Strategy``: one prompt per
+    document, or a program of batched model calls in ``run``); ``schema`` extends
     ``rlhf_lab.config.PromptingConfig``. The name becomes ``prompting=<name>``. Every
     implementation is called.
     """

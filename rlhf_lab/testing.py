@@ -5,6 +5,7 @@ point ``pytest11``). They run the real CLI in a subprocess, offline, as a user w
 - ``rlhf_lab_cli(*args, module="rlhf_lab")``: the CLI as is (``--help``, expected failures,
   ``module="rlhf_lab.plugins"`` for the plugin listing).
 - ``rlhf_lab_tokenizer``: the embedded tiny tokenizer, for reward functions and prompt builders.
+- ``rlhf_lab_lm(task)``: the embedded tiny model as a prompting strategy's ``run`` talks to it.
 - ``rlhf_lab_fake_plugins``: plugin modules as distributions, without pip.
 
 Only the standard library and pytest are imported here, so loading this plugin costs nothing.
@@ -92,6 +93,19 @@ def rlhf_lab_tokenizer():
     from rlhf_lab.models import load_tokenizer
 
     return load_tokenizer(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def rlhf_lab_lm(rlhf_lab_tokenizer):
+    """``rlhf_lab_lm(task) -> LM``: the embedded tiny model (random weights, in this process) as a
+    strategy's ``run`` sees it, to test a strategy's stages: ``lm.calls`` counts the batched calls,
+    ``lm.trace[i]`` holds document i's generations (``prompt``, ``outputs``)."""
+    from rlhf_lab.config import ModelConfig
+    from rlhf_lab.models import load_causal_lm
+    from rlhf_lab.prompting.lm import LM
+
+    model = load_causal_lm(ModelConfig())
+    return lambda task: LM(model, rlhf_lab_tokenizer, task, "prompting=under_test")
 
 
 @dataclass

@@ -19,7 +19,7 @@ class WorldConfig(DataConfig):
     num_rows: int = 4000
     noise_temperature: float = 0.25  # T of the Bradley-Terry labels: P(a > b) = sigmoid((gold_a - gold_b) / T)
     batch_size: int = 32
-    max_length: int = 128  # the arith task's worked steps reach 87 tokens; describe rows stay under 30
+    max_length: int = 192  # the arith task's rows reach 179 tokens (a revision after a critique); describe rows stay under 30
     eval_prompts: int = 256  # test-split prompts sampled at each evaluation of the policy
     eval_pairs: int = 2000  # test-split preference pairs a reward model is scored on
     eval_every_n_steps: Optional[int] = None  # also evaluate every N steps (before and after training always)

@@ -22,7 +22,8 @@ validation / test, so held-out prompts name unseen subjects):
   Bradley-Terry model on the gold reward, P(a > b) = sigmoid((gold(a) - gold(b)) / temperature);
 - ``prompt`` rows: prompts for online RL, with their ``subject``;
 - the ``arith`` task: multi-step arithmetic with worked steps (``arith_row``), for comparing
-  zero-shot, few-shot and chain-of-thought prompting on a model taught with rationales.
+  prompting strategies on a model taught the habits they rely on (see ``ARITH_HABITS``); its
+  ``test_long`` split asks problems with more operations than any in training.
 """
 
 from __future__ import annotations
@@ -117,14 +118,24 @@ def preference_row(subject: str, rng: random.Random, temperature: float) -> dict
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "subject": subject}
 
 
-COT_TRIGGER = "Let's think step by step."
+COT_TRIGGER = "Let's think step by step."  # prompting=cot's default trigger
+DECOMPOSE_TRIGGER = "Let's break it down."  # prompting=least_to_most's default decomposition trigger
+CORRECT = "It is correct."  # prompting=self_refine's default stop phrase
+ARITH_OPERATIONS = {"train": (2, 3), "validation": (2, 3), "test": (2, 3), "test_long": (5, 6)}  # per problem, by split
+# What the SFT rows teach, in turn: answer directly; write the steps (cot); list sub-questions,
+# then answer each with one step from the previous answer (least_to_most); critique a worked answer
+# and revise it (self_refine). Each on problems of the training split's length, except the lists of
+# sub-questions, which cover up to 6 operations: the model learns to break long problems down (a
+# copy, which a 2-layer model does not extend past the lengths it was shown), but solves none.
+ARITH_HABITS = ("direct", "cot", "decompose", "solve", "feedback", "revise")
+DECOMPOSE_OPERATIONS = (2, 6)
 
 
-def arith_row(rng: random.Random) -> dict:
+def arith_row(rng: random.Random, operations: tuple[int, int] = (2, 3)) -> dict:
     """Multi-step arithmetic with its worked steps: "Compute 7 + 5 - 3." -> steps "7 + 5 = 12. 12 - 3 = 9."."""
     value = rng.randint(1, 9)
     question, steps = f"Compute {value}", []
-    for _ in range(rng.randint(2, 3)):
+    for _ in range(rng.randint(*operations)):
         op, operand = rng.choice("+-"), rng.randint(1, 9)
         result = value + operand if op == "+" else value - operand
         question += f" {op} {operand}"
@@ -133,12 +144,100 @@ def arith_row(rng: random.Random) -> dict:
     return {"prompt": f"{question}.", "answer": str(value), "rationale": " ".join(steps)}
 
 
+def parse_arith(question: str) -> tuple[int, list[tuple[str, int]]]:
+    """"Compute 7 + 5 - 3." -> (7, [("+", 5), ("-", 3)])."""
+    start, *rest = question.removeprefix("Compute ").removesuffix(".").split(" ")
+    return int(start), [(rest[i], int(rest[i + 1])) for i in range(0, len(rest), 2)]
+
+
+def worked(start: int, operations: list[tuple[str, int]], slip: tuple[int, int] | None = None) -> str:
+    """The worked answer, "7 + 5 = 12. 12 - 3 = 9. The answer is 9."; ``slip=(k, d)`` writes step k's
+    result off by d and carries the error on, as a calculation slip does."""
+    value, steps = start, []
+    for k, (op, operand) in enumerate(operations):
+        result = (value + operand if op == "+" else value - operand) + (slip[1] if slip and slip[0] == k else 0)
+        steps.append(f"{value} {op} {operand} = {result}.")
+        value = result
+    return f"{' '.join(steps)} The answer is {value}."
+
+
+def subquestions(question: str) -> list[str]:
+    """Least-to-most's decomposition: the first operation as a problem, then one sub-question per
+    further operation: "Compute 7 + 5." "Then - 3."."""
+    start, operations = parse_arith(question)
+    (op, operand), *rest = operations
+    return [f"Compute {start} {op} {operand}.", *(f"Then {op} {operand}." for op, operand in rest)]
+
+
+def running_values(start: int, operations: list[tuple[str, int]]) -> list[int]:
+    """The running value after each operation."""
+    values = []
+    for op, operand in operations:
+        start = start + operand if op == "+" else start - operand
+        values.append(start)
+    return values
+
+
+def critique(question: str, answer: str) -> str:
+    """The feedback a careful reader gives a worked answer: ``CORRECT``, or its first mistake, a
+    wrong step ("12 - 3 = 9, not 8."), a missing one ("It stops before - 3.") or a wrong final
+    answer ("The answer is 9, not 8.")."""
+    start, operations = parse_arith(question)
+    values = running_values(start, operations)
+    steps = re.findall(r"(-?\d+) ([+-]) (\d+) = (-?\d+)\.", answer)
+    for k, ((op, operand), right) in enumerate(zip(operations, values)):
+        if k >= len(steps):
+            return f"It stops before {op} {operand}."
+        before = start if k == 0 else values[k - 1]
+        if steps[k] != (str(before), op, str(operand), str(right)):
+            return f"{before} {op} {operand} = {right}, not {steps[k][3]}."
+    final = re.findall(r"The answer is (-?\d+)\.", answer)
+    if final != [str(values[-1])]:
+        return f"The answer is {values[-1]}, not {final[-1] if final else 'missing'}."
+    return CORRECT
+
+
+def _wrong_answer(question: str, rng: random.Random) -> str:
+    """A worked answer with one mistake of the kinds a model makes: a slip in one step (carried
+    on), or stopping before the last operation."""
+    start, operations = parse_arith(question)
+    if rng.random() < 0.5:
+        return worked(start, operations, (rng.randrange(len(operations)), rng.choice((-2, -1, 1, 2))))
+    return worked(start, operations[: rng.randrange(1, len(operations))])
+
+
+def _arith_habit(habit: str, row: dict, rng: random.Random) -> dict:
+    question, answer = row["prompt"], row["answer"]
+    cot_prompt = f"{question} {COT_TRIGGER}"
+    right = f"{row['rationale']} The answer is {answer}."
+    if habit == "direct":
+        return {"prompt": question, "completion": answer}
+    if habit == "cot":
+        return {"prompt": cot_prompt, "completion": right}
+    if habit == "decompose":
+        longer = arith_row(rng, DECOMPOSE_OPERATIONS)["prompt"]
+        return {"prompt": f"{longer} {DECOMPOSE_TRIGGER}", "completion": " ".join(f'"{s}"' for s in subquestions(longer))}
+    if habit == "solve":  # least-to-most's j-th stage: the solved sub-questions, then the next (the question last)
+        asked, answers = [*subquestions(question), question], [*worked(*parse_arith(question)).split(". ")]
+        j = rng.randrange(len(asked))
+        answers = [a if a.endswith(".") else f"{a}." for a in answers]  # one step each, then "The answer is v."
+        solved = "".join(f"{s} {a}\n" for s, a in zip(asked[:j], answers[:j]))
+        return {"prompt": solved + asked[j], "completion": answers[j]}
+    wrong = _wrong_answer(question, rng)
+    if habit == "feedback":
+        shown = right if rng.random() < 0.5 else wrong
+        return {"prompt": f"{cot_prompt} {shown} Feedback:", "completion": critique(question, shown)}
+    return {"prompt": f"{cot_prompt} {wrong} Feedback: {critique(question, wrong)} Revised:", "completion": right}
+
+
 def generate(fmt: str, num_rows: int, seed: int = 0, split: str = "train", temperature: float = 0.25, task: str = "describe") -> list[dict]:
     """``num_rows`` rows of format ``fmt`` (sft | preference | prompt) from ``split``; the same
     arguments give the same rows. ``task``: describe (the gold-reward task) | arith (reasoning)."""
     rng = random.Random(f"{seed}:{split}:{task}:{fmt}")
     if task == "arith":
-        return [_arith(fmt, arith_row(rng), i) for i in range(num_rows)]
+        if split not in ARITH_OPERATIONS:
+            raise ValueError(f"the arith task's split must be one of {', '.join(ARITH_OPERATIONS)}; got {split!r}")
+        return [_arith(fmt, arith_row(rng, ARITH_OPERATIONS[split]), i, rng) for i in range(num_rows)]
     if task != "describe":
         raise ValueError(f"task must be describe or arith; got {task!r}")
     pool = subjects(split, seed)
@@ -156,12 +255,13 @@ def generate(fmt: str, num_rows: int, seed: int = 0, split: str = "train", tempe
     return rows
 
 
-def _arith(fmt: str, row: dict, index: int) -> dict:
-    """SFT teaches both habits: a direct answer, and worked steps after the chain-of-thought trigger."""
+def _arith(fmt: str, row: dict, index: int, rng: random.Random) -> dict:
+    """SFT rows teach the habits of ``ARITH_HABITS`` in turn; preference rows pair a right worked
+    answer with a wrong one (for a reward model that checks answers)."""
     if fmt == "sft":
-        if index % 2:
-            return {"prompt": f"{row['prompt']} {COT_TRIGGER}", "completion": f"{row['rationale']} The answer is {row['answer']}."}
-        return {"prompt": row["prompt"], "completion": row["answer"]}
+        return _arith_habit(ARITH_HABITS[index % len(ARITH_HABITS)], row, rng)
+    if fmt == "preference":
+        return {"prompt": f"{row['prompt']} {COT_TRIGGER}", "chosen": f"{row['rationale']} The answer is {row['answer']}.", "rejected": _wrong_answer(row["prompt"], rng)}
     if fmt == "prompt":
         return row
-    raise ValueError(f"the arith task has sft and prompt rows, not {fmt!r}")
+    raise ValueError(f"the arith task has sft, preference and prompt rows, not {fmt!r}")

@@ -29,6 +29,21 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, context: str, continuation: 
     return context_ids, whole[len(context_ids) :]
 
 
+def rolling_windows(tokens: list[int], prefix: int, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(context, continuation) requests that score every token of ``tokens`` once, each from as many
+    tokens before it as fit in ``max_length``; the first is predicted from ``prefix`` (BOS). Disjoint
+    windows of lm-evaluation-harness's ``get_rolling_token_windows`` (context_len=1) and
+    ``make_disjoint_window``: a window's input is its context plus its continuation but the last token."""
+    windows, predicted = [], 0
+    while predicted < len(tokens):
+        end = min(predicted + max_length, len(tokens))
+        inputs = [prefix] + tokens[: end - 1] if predicted == 0 else tokens[end - max_length - 1 : end - 1]
+        continuation = tokens[predicted:end]
+        windows.append((inputs[: len(inputs) - len(continuation) + 1], continuation))
+        predicted = end
+    return windows
+
+
 def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)  # (B, T)

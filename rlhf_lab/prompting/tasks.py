@@ -6,6 +6,7 @@
   <answer>`` when ``eval.answer_split`` is set, as in GSM8K), ``rationale`` (optional: worked steps)
 - ``choices`` (multiple choice: a list of texts) and ``label`` (the gold choice: an index, or one of
   ``eval.choice_labels``)
+- ``text`` (``loglikelihood_rolling``: the held-out text whose log-likelihood is scored, as it is)
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from rlhf_lab.config import EvalConfig, SourceConfig
 from rlhf_lab.data.sources import load_source
 from rlhf_lab.errors import ConfigError, DataError
 
-KINDS = ("generation", "multiple_choice")
+ROLLING = "loglikelihood_rolling"  # perplexity of held-out text (lm-evaluation-harness's output type of that name)
+KINDS = ("generation", "multiple_choice", ROLLING)
 
 
 @dataclass
 class Doc:
-    question: str
+    question: str  # loglikelihood_rolling: the text
     answer: str  # gold answer; multiple choice: the gold choice as scored (its label or its text)
     rationale: str | None = None  # worked steps, for chain-of-thought exemplars
     choices: list[str] = field(default_factory=list)  # multiple choice: the choices' texts
@@ -43,6 +45,14 @@ class Task:
         self.kind = cfg.kind
         self.docs = docs
         self.pool = pool  # None: exemplars come from `docs`, never the document being asked
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], **options) -> Task:
+        """A task over in-memory rows (for tests): ``options`` are ``eval`` fields (``question_template``, ...)."""
+        cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), options)
+        if cfg.kind not in KINDS:
+            raise ConfigError(f"eval.kind must be one of {KINDS}, got '{cfg.kind}'.")
+        return cls(cfg, [to_doc({"_source": "rows", "_row": i, **row}, cfg) for i, row in enumerate(rows, start=1)], None)
 
     def question(self, doc: Doc) -> str:
         """The document as a question, ending where the answer starts."""
@@ -90,7 +100,7 @@ def to_doc(row: dict, cfg: EvalConfig) -> Doc:
     """One source row as a document; a missing or malformed field is an error naming the row."""
     where = f"{row['_source']} row {row['_row']}"
     row = {"question": row.get("prompt"), **row}
-    needed = ["question", "answer"] if cfg.kind == "generation" else ["question", "choices", "label"]
+    needed = {"generation": ["question", "answer"], "multiple_choice": ["question", "choices", "label"], ROLLING: ["text"]}[cfg.kind]
     missing = [f for f in needed if row.get(f) is None]
     if missing:
         columns = sorted(k for k, v in row.items() if not k.startswith("_") and v is not None)
@@ -98,6 +108,10 @@ def to_doc(row: dict, cfg: EvalConfig) -> Doc:
             f"{where}: task '{cfg.name}' needs field(s) {missing} (columns: {columns}); map them with "
             f"eval.fields, e.g. eval.fields={{{missing[0]}: <column>}}."
         )
+    if cfg.kind == ROLLING:
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise DataError(f"{where}: 'text' must be a non-empty string, got {row['text']!r}.")
+        return Doc(row["text"], "", row=row)
     if cfg.kind == "generation":
         answer, rationale = str(row["answer"]), row.get("rationale")
         if cfg.answer_split:

@@ -2,6 +2,7 @@
 
 import math
 import random
+import re
 
 import pytest
 
@@ -77,6 +78,51 @@ def test_arithmetic_rows_have_correct_worked_steps():
     sft = world.generate("sft", 4, task="arith")
     int(sft[0]["completion"])  # a direct answer
     assert sft[1]["prompt"].endswith(world.COT_TRIGGER) and "The answer is" in sft[1]["completion"]
+
+
+def test_long_problems_have_more_operations_than_any_in_training():
+    def operations(split):
+        return {len(world.parse_arith(r["prompt"])[1]) for r in world.generate("prompt", 300, split=split, task="arith")}
+
+    assert operations("train") == operations("test") == {2, 3} and operations("test_long") == {5, 6}
+    with pytest.raises(ValueError, match="test_long"):
+        world.generate("prompt", 1, split="long", task="arith")
+
+
+@pytest.mark.parametrize(
+    "answer, feedback",
+    [
+        ("7 + 5 = 12. 12 - 3 = 9. The answer is 9.", world.CORRECT),
+        ("7 + 5 = 12. 12 - 3 = 8. The answer is 8.", "12 - 3 = 9, not 8."),  # the first wrong step, with its right result
+        ("7 + 5 = 13. 13 - 3 = 10. The answer is 10.", "7 + 5 = 12, not 13."),
+        ("7 + 5 = 12. The answer is 12.", "It stops before - 3."),
+        ("7 + 5 = 12. 12 - 3 = 9. The answer is 8.", "The answer is 9, not 8."),
+        ("9", "It stops before + 5."),
+    ],
+)
+def test_critique_by_hand(answer, feedback):
+    assert world.critique("Compute 7 + 5 - 3.", answer) == feedback
+
+
+def test_sft_rows_teach_each_habit_and_preference_rows_pair_right_with_wrong():
+    rows = world.generate("sft", 600, task="arith")
+    habits = [rows[i :: len(world.ARITH_HABITS)] for i in range(len(world.ARITH_HABITS))]
+    assert all(len(h) == 100 for h in habits)
+    for row in habits[world.ARITH_HABITS.index("decompose")]:  # the sub-questions, put together, are the question
+        first, *rest = re.findall(r'"([^"]+)"', row["completion"])
+        rebuilt = first.removesuffix(".") + "".join(s.removeprefix("Then").removesuffix(".") for s in rest) + "."
+        assert rebuilt == row["prompt"].removesuffix(f" {world.DECOMPOSE_TRIGGER}")
+    def operations(row):
+        return len(world.parse_arith(re.match(r"Compute [^.]*\.", row["prompt"]).group())[1])
+
+    # the model is shown how to break down problems of up to 6 operations, but solves only 2-3
+    assert {operations(row) for row in habits[world.ARITH_HABITS.index("decompose")]} == {2, 3, 4, 5, 6}
+    assert {operations(row) for habit in ("direct", "cot", "feedback", "revise") for row in habits[world.ARITH_HABITS.index(habit)]} == {2, 3}
+    feedback = [row["completion"] for row in habits[world.ARITH_HABITS.index("feedback")]]
+    assert 30 < feedback.count(world.CORRECT) < 70  # critiques of right and of wrong answers
+    for row in world.generate("preference", 200, task="arith"):
+        question = row["prompt"].removesuffix(f" {world.COT_TRIGGER}")
+        assert world.critique(question, row["chosen"]) == world.CORRECT != world.critique(question, row["rejected"])
 
 
 def test_sample_completion_uses_one_to_three_distinct_descriptors():

@@ -41,18 +41,24 @@ def test_eval_inside_training_goes_to_summary_and_a_wandb_table(cli):
     assert table["columns"] == ["prompt", "output", "strict", "flexible", "gold", "correct"]
 
 
+STRATEGIES = ("zero_shot", "few_shot", "cot", "least_to_most", "self_refine", "best_of_n")
+
+
 def test_sweep_over_strategies_gives_one_row_each(tmp_path):
     sweep = tmp_path / "sweep"
-    args = [sys.executable, "-m", "rlhf_lab", "-m", "mode=eval", "eval=synthetic", "prompting=zero_shot,few_shot,cot",
-            *SMALL_EVAL, "logger=none", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    args = [sys.executable, "-m", "rlhf_lab", "-m", "mode=eval", "eval=synthetic", f"prompting={','.join(STRATEGIES)}",
+            "reward=python", "reward.fn=tests.rewards.functions:length", *SMALL_EVAL, "logger=none", f"hydra.sweep.dir={sweep}"]  # fmt: skip
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {}
+    calls = {}
     for job in sorted(sweep.glob("[0-9]*")):
         summary = json.loads((job / "summary.json").read_text())
-        [(key, value)] = [(k, v) for k, v in summary.items() if k.endswith("/accuracy")]
-        rows[key] = value
-    assert sorted(rows) == [f"eval/synthetic/{s}/accuracy" for s in ("cot", "few_shot", "zero_shot")]
+        [(key, value)] = [(k, v) for k, v in summary.items() if k.endswith("/model_calls")]
+        calls[key.split("/")[2]] = value
+    # one batched call per stage: best_of_n samples then scores with the reward; self_refine answers,
+    # critiques and revises; least_to_most lists sub-questions, then answers at least the question
+    assert calls["zero_shot"] == calls["few_shot"] == calls["cot"] == 1
+    assert (calls["best_of_n"], calls["self_refine"]) == (2, 3) and calls["least_to_most"] >= 2
 
 
 def test_self_instruct_writes_data_that_sft_reads(cli):

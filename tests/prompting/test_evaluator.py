@@ -1,8 +1,10 @@
 """Tasks, strategies and the evaluator on local files of GSM8K and MMLU shape, bad input included."""
 
+import math
 import random
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from rlhf_lab.__main__ import CONF_DIR
@@ -141,3 +143,32 @@ def test_self_consistency_reports_maj_at_n_and_is_deterministic(gsm8k, tiny_mode
     assert "maj@3" in first.metrics
     assert [r["output"] for r in first.records] == [r["output"] for r in second.records]
     assert all(r["output"].count("\n---\n") == 2 for r in first.records)
+
+
+def test_perplexity_of_held_out_text_as_lm_evaluation_harness_defines_it(tmp_path, tiny_model, tiny_tokenizer):
+    texts = ["the cat  sat on\tthe mat", "h\u00e9llo"]
+    cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"name": "text", "kind": "loglikelihood_rolling", "loader": "file", "path": str(write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts]))})
+    result = Evaluator(load_task(cfg, {}), strategy(S.ZeroShot, S.ZeroShotConfig), "zero_shot", tiny_tokenizer).run(tiny_model)
+    assert [(r["words"], r["bytes"]) for r in result.records] == [(6, 23), (1, 6)]  # words split at runs of whitespace; UTF-8 bytes
+    lls = []
+    for text in texts:  # shorter than the context: one window, the first token predicted from BOS
+        ids = torch.tensor([[tiny_tokenizer.bos_token_id, *tiny_tokenizer(text)["input_ids"]]])
+        logps = tiny_model(ids).logits[0, :-1].log_softmax(-1)
+        lls.append(logps.gather(-1, ids[0, 1:, None]).sum().item())
+    assert [r["loglikelihood"] for r in result.records] == pytest.approx(lls, abs=1e-4)
+    ll = sum(lls)
+    assert result.metrics["word_perplexity"] == pytest.approx(math.exp(-ll / 7), rel=1e-4)
+    assert result.metrics["byte_perplexity"] == pytest.approx(math.exp(-ll / 29), rel=1e-4)
+    assert result.metrics["bits_per_byte"] == pytest.approx(-ll / 29 / math.log(2), rel=1e-4)
+    assert result.metrics["model_calls"] == 1
+    windowed = Evaluator(load_task(OmegaConf.merge(cfg, {"max_length": 4}), {}), strategy(S.ZeroShot, S.ZeroShotConfig), "zero_shot", tiny_tokenizer).run(tiny_model)
+    assert windowed.metrics["word_perplexity"] != pytest.approx(result.metrics["word_perplexity"], rel=1e-3)  # a 4-token context sees less
+
+
+def test_perplexity_tasks_need_text_and_take_no_prompting(tmp_path, tiny_tokenizer):
+    cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"name": "text", "kind": "loglikelihood_rolling", "loader": "file", "path": str(write_jsonl(tmp_path / "t.jsonl", [{"page": "x"}]))})
+    with pytest.raises(DataError, match=r"t.jsonl row 1: task 'text' needs field\(s\) \['text'\]"):
+        load_task(cfg, {})
+    task = load_task(OmegaConf.merge(cfg, {"fields": {"text": "page"}}), {})
+    with pytest.raises(ConfigError, match="scores the log-likelihood of its texts as they are: prompting=few_shot does not apply"):
+        Evaluator(task, strategy(S.FewShot, S.FewShotConfig, k=0), "few_shot", tiny_tokenizer)

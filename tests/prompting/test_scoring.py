@@ -1,4 +1,4 @@
-"""Batched log-likelihoods and generation against hand computations and unbatched references."""
+"""Batched log-likelihoods (rolling ones too) and generation against hand computations and unbatched references."""
 
 import math
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from rlhf_lab.config import ModelConfig
 from rlhf_lab.models import load_causal_lm
-from rlhf_lab.prompting.engine import encode_pair, generate, loglikelihoods
+from rlhf_lab.prompting.engine import encode_pair, generate, loglikelihoods, rolling_windows
 
 # p(next | previous) of a three-token bigram model, by hand
 TABLE = [[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [0.2, 0.6, 0.2]]
@@ -34,6 +34,19 @@ def test_loglikelihood_by_hand():
         math.log(0.8),
     ]
     assert loglikelihoods(Bigram(), requests, batch_size=2, pad_id=0) == pytest.approx(expected, abs=1e-6)
+
+
+def test_rolling_windows_by_hand():
+    # windows of two tokens: every token predicted once, from as many tokens before it as fit, the first from the prefix
+    assert rolling_windows([10, 11, 12, 13, 14], prefix=1, max_length=2) == [([1], [10, 11]), ([11], [12, 13]), ([12, 13], [14])]
+    assert rolling_windows([10, 11, 12], prefix=1, max_length=8) == [([1], [10, 11, 12])]
+    assert rolling_windows([], prefix=1, max_length=4) == []
+
+
+def test_rolling_loglikelihood_by_hand():
+    # p(1|0) p(2|1) p(1|2) p(0|1) from the prefix token 0, in two windows of two
+    total = sum(loglikelihoods(Bigram(), rolling_windows([1, 2, 1, 0], prefix=0, max_length=2), batch_size=2, pad_id=0))
+    assert total == pytest.approx(math.log(0.25 * 0.8 * 0.6 * 0.1), abs=1e-6)
 
 
 @pytest.fixture(scope="module")
