@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "rlhf_lab.objectives.sft",
     "rlhf_lab.objectives.rm",
     "rlhf_lab.objectives.dpo",
+    "rlhf_lab.objectives.kto",
     "rlhf_lab.objectives.ppo",
     "rlhf_lab.objectives.grpo",
     "rlhf_lab.rewards.builtin",

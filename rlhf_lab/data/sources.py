@@ -7,6 +7,8 @@ A row format names the canonical fields an objective reads:
 - ``preference``: ``prompt``, ``chosen``, ``rejected`` (text or message lists), or ``prompt`` +
   ``ranked``: a list of k >= 2 distinct responses, best first (it stands for all k(k-1)/2 pairs)
 - ``prompt``: ``prompt`` (online RL; extra columns such as ``answer`` are kept)
+- ``unpaired``: ``prompt``, ``completion`` and ``label``, true (desirable) or false (undesirable):
+  binary feedback on single completions (KTO)
 
 Every row also carries ``task``: its source or task name, so that evaluation can hold tasks out.
 Errors name the file (or dataset) and the 1-based row.
@@ -31,6 +33,7 @@ FORMATS = {
     "sft": (("prompt", "completion"), ("messages",)),
     "preference": (("prompt", "chosen", "rejected"), ("prompt", "ranked")),
     "prompt": (("prompt",),),
+    "unpaired": (("prompt", "completion", "label"),),
 }
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -197,6 +200,9 @@ def row_problem(row: dict, fmt: str) -> str | None:
         elif f == "ranked":
             if problem := _ranked_problem(value):
                 return problem
+        elif f == "label":
+            if not isinstance(value, bool):
+                return f"field 'label' must be true or false, got {value!r}"
         elif not (_is_text(value) or _is_chat(value)):
             if isinstance(value, str):
                 return f"field '{f}' is empty"

@@ -84,3 +84,25 @@ def test_sample_completion_uses_one_to_three_distinct_descriptors():
     for _ in range(200):
         words = world.descriptors(world.sample_completion(rng))
         assert 1 <= len(words) <= world.MAX_DESCRIPTORS and len(set(words)) == len(words)
+
+
+def test_unpaired_labels_follow_the_gold_reward():
+    """data.feedback=unpaired: each completion is desirable with probability sigmoid(gold / T); among
+    completions above and below gold 0 the count of thumbs up matches that expectation within 4
+    standard deviations. The completions are those of the preference pairs (the same budget)."""
+    rows = world.generate("unpaired", 8000, temperature=0.25, feedback="unpaired")
+    pairs = world.generate("preference", 4000, temperature=0.25)
+    assert [r["completion"] for r in rows[:4]] == [pairs[0]["chosen"], pairs[0]["rejected"], pairs[1]["chosen"], pairs[1]["rejected"]]
+    for side in (lambda g: g > 0, lambda g: g <= 0):
+        golds = [(world.gold_reward(r["completion"]), r["label"]) for r in rows if side(world.gold_reward(r["completion"]))]
+        p = [world.desirable_probability(g, 0.25) for g, _ in golds]
+        expected, sd = sum(p), math.sqrt(sum(q * (1 - q) for q in p))
+        assert abs(sum(label for _, label in golds) - expected) < 4 * sd
+    assert world.desirable_probability(0.5, 0.25) == pytest.approx(1 / (1 + math.exp(-2)))
+
+
+def test_paired_feedback_labels_chosen_desirable_and_rejected_not():
+    rows = world.generate("unpaired", 7, feedback="paired")
+    pairs = world.generate("preference", 4)
+    assert len(rows) == 7 and [r["label"] for r in rows] == [True, False] * 3 + [True]
+    assert [r["completion"] for r in rows[:2]] == [pairs[0]["chosen"], pairs[0]["rejected"]]
