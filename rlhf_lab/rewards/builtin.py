@@ -1,6 +1,7 @@
 """The built-in reward sources, registered through the same hook as a third party's."""
 
 from rlhf_lab import hookimpl
+from rlhf_lab.rewards.ensemble import EnsembleRewardConfig, ensemble_reward
 from rlhf_lab.rewards.model import ModelRewardConfig, model_reward
 from rlhf_lab.rewards.python import PythonRewardConfig, python_reward
 from rlhf_lab.rewards.verifiable import VerifiableConfig, verifiable
@@ -8,6 +9,7 @@ from rlhf_lab.rewards.verifiable import VerifiableConfig, verifiable
 
 @hookimpl
 def rlhf_lab_add_rewards(register):
+    register.add_reward("ensemble", ensemble_reward, EnsembleRewardConfig)
     register.add_reward("model", model_reward, ModelRewardConfig)
     register.add_reward("python", python_reward, PythonRewardConfig)
     register.add_reward("verifiable", verifiable, VerifiableConfig)

@@ -16,6 +16,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from rlhf_lab.errors import ConfigError
+from rlhf_lab.models import eval_mode
 
 
 @dataclass
@@ -69,6 +70,19 @@ class HFGenerator:
         )
         out = self.policy.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)  # (N, P + C')
         return [cut_at_eos(ids, self.eos_id) for ids in out[:, width:].tolist()]
+
+
+@torch.no_grad()
+def sample_texts(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], sampling: Sampling,
+                 seed: int) -> tuple[list[list[int]], list[str]]:  # fmt: skip
+    """One completion per prompt from ``model`` in eval mode (no dropout), seeded apart from the
+    caller's random streams, so evaluations draw the same samples every time: token ids and text.
+    The one place where evaluations (the lab's, best-of-n, held-out early stopping) generate."""
+    device = next(model.parameters()).device
+    with eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        completions = HFGenerator(model, tokenizer).generate(prompts, sampling)
+    return completions, tokenizer.batch_decode(completions, skip_special_tokens=True)
 
 
 GENERATORS = {"hf": "rlhf_lab.rollout.generation:HFGenerator", "vllm": "rlhf_lab.rollout.vllm:VLLMGenerator"}
