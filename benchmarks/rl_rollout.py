@@ -1,13 +1,16 @@
 """Where an online-RL step spends its time: generation, reward scoring, the no-grad forward passes
-(policy, reference, critic) and the update, per rollout, for PPO and GRPO on a random-init Llama.
+(reference, critic, and the policy where the generator's log-probs are not its own) and the update,
+per rollout, for PPO and GRPO on a random-init Llama, with either generation backend.
 
     python benchmarks/rl_rollout.py                              # the embedded tiny model
     python benchmarks/rl_rollout.py --hidden 256 --layers 4      # a wider random model (saved to a temp dir)
+    .venv-vllm/bin/python benchmarks/rl_rollout.py --hidden 128 --layers 2 --generators hf vllm   # hf against vLLM
 
 Each objective runs ``--steps`` rollouts with the real Lightning Trainer; the first ``--warmup``
 are left out of the means. ``--forward-batch-size 1`` shows what unbatched reference / critic
-forwards would cost. Timings are wall-clock on whatever else the machine is running: compare
-rows of one invocation, not runs on different days.
+forwards would cost. A wider model has head_dim 32 (vLLM's CPU attention rejects the tiny model's
+16). Timings are wall-clock on whatever else the machine is running: compare rows of one
+invocation, not runs on different days.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class StepTimes(L.Callback):
 def model_config(args) -> ModelConfig:
     if args.hidden is None:
         return ModelConfig()
-    config = AutoConfig.from_pretrained(TINY_DIR, hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers, head_dim=16, num_attention_heads=args.hidden // 16, num_key_value_heads=args.hidden // 16)
+    config = AutoConfig.from_pretrained(TINY_DIR, hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers,
+                                        head_dim=32, num_attention_heads=args.hidden // 32, num_key_value_heads=args.hidden // 32)
     where = tempfile.mkdtemp(prefix="rl_rollout_model_")
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(where)
@@ -65,12 +69,13 @@ def model_config(args) -> ModelConfig:
     return ModelConfig(source="hf", name_or_path=where)
 
 
-def run(name: str, args, model_cfg: ModelConfig, forward_batch_size: int) -> dict[str, float]:
+def run(name: str, args, model_cfg: ModelConfig, forward_batch_size: int, generator: str) -> dict[str, float]:
     system_cls, cfg_cls = OBJECTIVES[name]
     L.seed_everything(0, verbose=False)
     tokenizer = load_tokenizer(model_cfg)
     models = ModelFactory(model_cfg, tokenizer, lambda: Reward("share_of_a", share_of_a))
-    cfg = cfg_cls(name=name, max_new_tokens=args.max_new_tokens, forward_batch_size=forward_batch_size)
+    cfg = cfg_cls(name=name, max_new_tokens=args.max_new_tokens, forward_batch_size=forward_batch_size, generator=generator,
+                  vllm_kv_cache_gb=0.5, vllm_max_model_len=256)
     optim = OmegaConf.structured(OptimConfig(lr=1e-4, scheduler="constant"))
     system = system_cls(OmegaConf.structured(cfg), models=models, tokenizer=tokenizer, optim=optim)
     data_cfg = DataConfig(loader="synthetic", num_rows=4 * args.batch_size * args.steps, batch_size=args.batch_size, val_fraction=0, max_length=64)
@@ -90,6 +95,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per rollout (GRPO samples 4 completions each)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--forward-batch-size", type=int, nargs="+", default=[64, 1])
+    parser.add_argument("--generators", nargs="+", default=["hf"], choices=["hf", "vllm"])
     parser.add_argument("--hidden", type=int, default=None, help="hidden size of a wider random Llama (default: the tiny model, 64)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
@@ -99,14 +105,16 @@ def main() -> None:
     params = sum(p.numel() for p in ModelFactory(model_cfg, load_tokenizer(model_cfg)).policy().parameters())
     print(f"policy: {params / 1e6:.2f}M parameters, {args.batch_size} prompts x {args.max_new_tokens} new tokens, "
           f"torch {torch.__version__}, {args.threads} thread(s), mean of steps {args.warmup + 1}..{args.steps}")
-    header = f"{'objective':<9} {'fwd bs':>6} {'seqs':>5} {'step s':>7} " + " ".join(f"{p + ' s':>10}" for p in PHASES) + f" {'gen %':>6} {'rollout tok/s':>13}"
+    header = f"{'objective':<9} {'gen':<5} {'fwd bs':>6} {'seqs':>5} {'step s':>7} " + " ".join(f"{p + ' s':>10}" for p in PHASES) + f" {'gen %':>6} {'rollout tok/s':>13}"
     print(header)
     print("-" * len(header))
     for name in args.objectives:
-        for forward_batch_size in args.forward_batch_size:
-            r = run(name, args, model_cfg, forward_batch_size)
-            phases = " ".join(f"{r[p]:>10.3f}" for p in PHASES)
-            print(f"{name:<9} {forward_batch_size:>6} {r['sequences']:>5} {r['step']:>7.3f} {phases} {100 * r['generate'] / r['step']:>6.1f} {r['tokens_per_s']:>13.0f}", flush=True)
+        for generator in args.generators:
+            for forward_batch_size in args.forward_batch_size:
+                r = run(name, args, model_cfg, forward_batch_size, generator)
+                phases = " ".join(f"{r[p]:>10.3f}" for p in PHASES)
+                print(f"{name:<9} {generator:<5} {forward_batch_size:>6} {r['sequences']:>5} {r['step']:>7.3f} {phases} "
+                      f"{100 * r['generate'] / r['step']:>6.1f} {r['tokens_per_s']:>13.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,52 @@ def missing_extra(argv: list[str]) -> str | None:
     return None
 
 
+def whole_mappings(argv: list[str]) -> list[str]:
+    """``argv`` with every mapping given whole (``'data.fields={prompt: question}'``,
+    ``'data.sources={math: {path: m.jsonl}}'``) made to replace the mapping it names.
+
+    Hydra sets the composed config to struct mode before it applies command-line overrides, which
+    closes every dict, ``Dict[str, ...]`` schema fields included, and it merges a dict override
+    into the dict already there: ``data.fields={...}`` fails with "Key 'prompt' is not in struct",
+    and ``data=mixture data.sources={...}`` would keep the preset's sources. So each such
+    override becomes the deletion of the keys the mapping holds (``~data.sources.add``; found by
+    composing the other overrides) and a forced merge into the emptied mapping
+    (``++data.sources={...}``): the entries are still checked against their schema
+    (``SourceConfig``), and one entry can still be changed alone (``data.sources.math.weight=2``).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, OmegaConf
+
+    parser = OverridesParser.create()
+    parsed = {}
+    for i, arg in enumerate(argv):
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # Hydra reports it with its own message
+            continue
+        if not override.is_sweep_override() and isinstance(override.value(), dict):
+            parsed[i] = override.key_or_group
+    if not parsed:
+        return argv
+    others = [a for i, a in enumerate(argv) if i not in parsed and "=" in a and not a.startswith("-") and "," not in a]
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=others)
+    except Exception:  # the real composition below reports what is wrong
+        return argv
+    out = []
+    for i, arg in enumerate(argv):
+        node = OmegaConf.select(cfg, parsed[i], default=None) if i in parsed else None
+        if isinstance(node, DictConfig) and not node._is_typed():  # a mapping, not a schema's own fields
+            out += [f"~{parsed[i]}.{key}" for key in node] + [f"++{arg}"]
+        else:
+            out.append(arg)
+    return out
+
+
 def main() -> None:
     started = time.perf_counter()
     if len(with_default_run(sys.argv[1:])) >= len(sys.argv):
@@ -98,6 +144,7 @@ def main() -> None:
         print(f"rlhf_lab: error: {exc}", file=sys.stderr)
         sys.exit(1)
     host.store_configs()
+    sys.argv[1:] = whole_mappings(sys.argv[1:])
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def task(cfg: DictConfig) -> float | tuple[float, ...] | None:

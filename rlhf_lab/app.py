@@ -25,7 +25,7 @@ from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, Preempted
 from rlhf_lab.lab.best_of_n import best_of_n
 from rlhf_lab.lab.pipeline import run_pipeline
-from rlhf_lab.models import ModelFactory, load_tokenizer
+from rlhf_lab.models import ModelFactory, fit_to_context, load_tokenizer
 from rlhf_lab.plugins import PluginHost
 from rlhf_lab.prompting.evaluator import eval_callbacks, evaluate_model
 from rlhf_lab.prompting.self_instruct import generate_instructions
@@ -51,7 +51,7 @@ def run(cfg: DictConfig, host: PluginHost, started: float | None = None) -> dict
 
     system_cls = host.registry.get("objective", cfg.objective.name).target
     tokenizer = load_tokenizer(cfg.model)
-    encoder = Encoder(tokenizer, cfg.data.max_length, cfg.data.chat_template, cfg.data.on_overflow)
+    encoder = Encoder(tokenizer, fit_to_context(cfg.data.max_length, cfg.model), cfg.data.chat_template, cfg.data.on_overflow)
     loaders = {name: entry.target for name, entry in host.registry.entries["dataset"].items()}
     data = DataModule(cfg.data, system_cls.data_format, system_cls.encode, encoder, loaders, cfg.seed)
     reward = partial(build_reward, cfg.reward, host.registry.entries["reward"], tokenizer)  # built if the objective asks

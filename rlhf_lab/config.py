@@ -49,8 +49,9 @@ class SourceConfig:
     hub: Optional[str] = None  # dataset name or local dataset directory for datasets.load_dataset
     subset: Optional[str] = None  # dataset configuration name
     split: str = "train"
-    converter: Optional[str] = None  # row converter for a known layout: alpaca | hh_rlhf | ultrafeedback
-    fields: Dict[str, str] = field(default_factory=dict)  # canonical field -> column name in the source
+    # a known layout: alpaca | hh_rlhf | ultrafeedback | sharegpt | implicit_prompt; None: ShareGPT and implicit prompts detected
+    converter: Optional[str] = None
+    fields: Dict[str, str] = field(default_factory=dict)  # canonical field -> column name in the source ('data.fields={prompt: question}')
     task: Optional[str] = None  # task name stored on every row (default: the row's `task` column or the source name)
     weight: float = 1.0  # sampling weight within a mixture
     limit: Optional[int] = None  # read only the first N rows
@@ -67,14 +68,14 @@ class DataConfig(SourceConfig):
     holdout_tasks: List[str] = field(default_factory=list)  # whole tasks kept out of training (evaluate on unseen tasks)
     batch_size: int = 8
     eval_batch_size: Optional[int] = None  # None: batch_size
-    max_length: int = 512  # tokens per sequence (prompt + completion)
+    max_length: int = 512  # tokens per sequence (prompt + completion); at most the model's positions (cut to them)
     on_overflow: str = "truncate"  # truncate (counted and reported) | error
     invalid_rows: str = "error"  # error: stop before training naming the row | drop: skip and count
     shuffle: bool = True
     padding_free: bool = False  # pack each batch into rows of up to pack_width tokens with restarting position ids: no compute on padding
     pack_width: Optional[int] = None  # padding_free row width in tokens; None: max_length; 0: the whole batch in one row
     group_by_length: bool = False  # batch rows of similar length together to reduce padding
-    chat_template: str = "auto"  # auto: use the tokenizer's chat template when it has one | never
+    chat_template: str = "auto"  # auto: the tokenizer's chat template when it has one | never | a Jinja template or a .jinja file
     num_workers: int = 0
     cache_dir: Optional[str] = None  # datasets cache; None: datasets' default
 

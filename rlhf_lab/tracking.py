@@ -6,6 +6,7 @@ import json
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -73,10 +74,11 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     name = cfg.logger.name
     if name == "none":
         return []
-    if name == "csv":
-        return [run_dir_csv_logger(run_dir)]
-    if name == "tensorboard":
-        return [TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="")]
+    if name in ("csv", "tensorboard"):
+        logger = run_dir_csv_logger(run_dir) if name == "csv" else TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="")
+        # The resolved config, as W&B gets it: hparams.yaml, and TensorBoard's HPARAMS tab.
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        return [logger]
     if name == "wandb":
         return [
             WandbLogger(
@@ -95,10 +97,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 
 
 def finish_wandb() -> None:
-    """Lightning's WandbLogger never finishes the run; without this every multirun job shares one."""
-    import wandb
-
-    if wandb.run is not None:
+    """Lightning's WandbLogger never finishes the run; without this every multirun job shares one.
+    Without wandb imported there is no run (and importing it would cost a second)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
         wandb.finish()
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Set up the test environment and run the whole suite. Extra arguments go to pytest.
+# RLHF_LAB_LANE=vllm runs them in the vLLM environment instead (.venv-vllm, `scripts/setup.sh vllm`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test || exit 1
-venv="${RLHF_LAB_VENV:-.venv}"
+lane="${RLHF_LAB_LANE:-test}"
+bash scripts/setup.sh "$lane" || exit 1
+if [ "$lane" = vllm ]; then venv="${RLHF_LAB_VENV:-.venv-vllm}"; else venv="${RLHF_LAB_VENV:-.venv}"; fi
 # Example third-party plugin packages are installed the way a user installs them.
 for pkg in plugins/*/; do
   [ -f "$pkg/pyproject.toml" ] && { "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$pkg" || exit 1; }

@@ -47,6 +47,22 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def arch_dir(tmp_path_factory):
+    """``arch_dir(family) -> Path``: a saved random-init checkpoint of one of tests/archs.py's
+    families (gpt2, llama, qwen2, mistral) with its tokenizer quirks, built once per session."""
+    from tests.archs import build
+
+    root, built = tmp_path_factory.mktemp("archs"), {}
+
+    def _dir(family: str) -> Path:
+        if family not in built:
+            built[family] = build(family, root / family)
+        return built[family]
+
+    return _dir
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

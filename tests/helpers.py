@@ -42,3 +42,11 @@ class FailFirstJob(L.Callback):
         if not os.path.exists(self.marker):
             open(self.marker, "w").close()
             raise RuntimeError("FailFirstJob: this job fails on purpose")
+
+
+class RequireFusedAdamW(L.Callback):
+    """Fail the run unless its optimiser takes AdamW's fused step (what bf16-mixed clipping broke on)."""
+
+    def on_train_start(self, trainer, pl_module):
+        optimizer = trainer.optimizers[0]
+        assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"], optimizer.defaults

@@ -1,5 +1,7 @@
 """Every YAML in conf/ composes against the schemas; bad keys and types fail at composition."""
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -7,10 +9,13 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from rlhf_lab.__main__ import CONF_DIR
+from rlhf_lab.__main__ import CONF_DIR, whole_mappings
 from rlhf_lab.config import OptimConfig
 from rlhf_lab.objectives.base import lr_lambda
 from rlhf_lab.plugins import load_plugins
+from tests.inprocess import compose_cli
+
+REPO = Path(__file__).resolve().parent.parent
 
 OPTIONS = sorted(
     (group.name, yaml.stem) for group in Path(CONF_DIR).iterdir() if group.is_dir() for yaml in group.glob("*.yaml")
@@ -107,3 +112,72 @@ def test_run_directories_are_named_after_what_runs(composer, overrides, name):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     assert cfg.hydra.run.dir.rsplit("/", 1)[1].split("-", 3)[-1] == name
+
+
+# --- the command line as README writes it ---------------------------------------------------------------
+
+
+def readme_commands() -> list[list[str]]:
+    """The arguments of every ``python -m rlhf_lab ...`` line in README's bash blocks."""
+    text = (REPO / "README.md").read_text()
+    blocks = [block.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", text, re.S)]  # continued lines joined
+    lines = [line for block in blocks for line in block.splitlines()]
+    return [shlex.split(m.group(1) or "", comments=True) for line in lines if (m := re.search(r"python -m rlhf_lab(\s.*)?$", line))]
+
+
+def as_one_job(argv: list[str]) -> list[str]:
+    """The overrides of the first job: flags dropped (``--cfg job``, ``--help``), a sweep's first value."""
+    flags_with_value = {"--cfg"}
+    overrides = [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in flags_with_value)]
+    if "-m" in argv:
+        # A sweeper's search space (interval(...), range(...), choice(...)) is no single value: left to the sweep.
+        overrides = [a for a in overrides if not re.search(r"=(interval|range|choice|tag)\(", a)]
+        overrides = [re.sub(r"=([^,{\[]*),.*$", r"=\1", a) for a in overrides]
+    return overrides
+
+
+@pytest.mark.parametrize("argv", readme_commands(), ids=lambda argv: " ".join(argv) or "(none)")
+def test_every_readme_command_composes(argv):
+    assert compose_cli(*as_one_job(argv)) is not None
+
+
+def test_readme_lists_the_data_examples():
+    commands = [" ".join(argv) for argv in readme_commands()]
+    assert "data=hub data.hub=NAME data.fields={prompt: question, completion: answer}" in commands
+    assert any(c.startswith("data=mixture data.sources={") for c in commands)
+
+
+def test_a_mapping_given_whole_replaces_the_mapping():
+    """Hydra closes Dict fields and merges a dict override into the one there; README's syntax
+    (no '+') must set the mapping, and replace a preset's."""
+    cfg = compose_cli("data=hub", "data.hub=NAME", "data.fields={prompt: question, completion: answer}")
+    assert OmegaConf.to_container(cfg.data.fields) == {"prompt": "question", "completion": "answer"}
+    sources = "data.sources={math: {path: data/math.jsonl, weight: 2.0}, chat: {hub: tatsu-lab/alpaca, converter: alpaca}}"
+    cfg = compose_cli("data=mixture", sources)
+    assert list(cfg.data.sources) == ["math", "chat"]  # the preset's five generated tasks are gone
+    assert (cfg.data.sources.math.weight, cfg.data.sources.math.loader, cfg.data.sources.chat.converter) == (2.0, "auto", "alpaca")
+    assert list(compose_cli("data=mixture").data.sources) == ["add", "reverse", "upper", "count", "sort"]
+
+
+def test_one_entry_of_a_mapping_and_a_schema_node_still_merge():
+    cfg = compose_cli("data=mixture", "data.sources.add.weight=3")
+    assert len(cfg.data.sources) == 5 and cfg.data.sources.add.weight == 3
+    assert whole_mappings(["model.lora={r: 8}"]) == ["model.lora={r: 8}"]  # a schema's node: its other fields stay
+    assert compose_cli("model.lora={r: 8}").model.lora.alpha == 32
+
+
+def test_a_source_with_an_unknown_key_fails_naming_it():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cli("data=mixture", "data.sources={math: {pth: data/math.jsonl}}")
+    assert "pth" in str(err.value.__cause__ or err.value)
+
+
+def test_readme_mixture_preset_is_a_data_option(tmp_path):
+    """The README's conf/data/my_mix.yaml, put on Hydra's search path, composes as ``data=my_mix``."""
+    text = (REPO / "README.md").read_text()
+    yaml = re.search(r"```yaml\n# conf/data/my_mix.yaml\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "my_mix.yaml").write_text(yaml)
+    cfg = compose_cli("data=my_mix", f"hydra.searchpath=[file://{tmp_path}]")
+    assert list(cfg.data.sources) == ["math", "chat"] and list(cfg.data.holdout_tasks) == ["chat"]
+    assert cfg.data.sources.chat.converter == "alpaca" and cfg.data.batch_size == 8  # schema defaults fill the rest

@@ -49,15 +49,20 @@ class DataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.seed = seed
-        rows, self.stats = load_rows(cfg, fmt, loaders, seed)
+        rows, self.stats = load_rows(cfg, fmt, loaders, seed, chat=encoder.use_chat)
         train_rows, val_rows = split_rows(rows, cfg, seed)
         if cfg.val_path:
-            extra, _ = load_source("val", SourceConfig(path=cfg.val_path), fmt, loaders, cfg.cache_dir)
+            extra, _ = load_source("val", SourceConfig(path=cfg.val_path), fmt, loaders, cfg.cache_dir, chat=encoder.use_chat)
             val_rows += validate(extra, fmt, cfg.val_path, cfg.invalid_rows)[0]
         self.train_rows, self.val_rows = train_rows, val_rows
         self.train_features = encode(encoder, train_rows)
         self.val_features = encode(encoder, val_rows) if val_rows else []
         if not self.train_features:
+            if train_rows and encoder.truncation.dropped >= len(train_rows):
+                raise DataError(
+                    f"all {len(train_rows)} training rows dropped: their prompts alone fill data.max_length={encoder.max_length} "
+                    f"tokens (first rows: {encoder.truncation.rows}); raise data.max_length or shorten the prompts."
+                )
             raise DataError("no training rows left after validation, hold-out and truncation.")
         if note := encoder.report():
             log.warning(note)
@@ -67,7 +72,8 @@ class DataModule(L.LightningDataModule):
             truncated=encoder.truncation.truncated,
             dropped_too_long=encoder.truncation.dropped,
         )
-        self.collate = Collator(encoder.tokenizer.pad_token_id, cfg.padding_free, cfg.max_length if cfg.pack_width is None else cfg.pack_width)
+        pack_width = encoder.max_length if cfg.pack_width is None else cfg.pack_width
+        self.collate = Collator(encoder.tokenizer.pad_token_id, cfg.padding_free, pack_width)
 
     def _loader(self, features: list[dict], batch_size: int, train: bool) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)

@@ -2,13 +2,16 @@
 
 A row format names the canonical fields an objective reads:
 
-- ``sft``: ``prompt`` + ``completion`` (text), or ``messages`` (a chat: list of {role, content}
-  ending with the assistant's answer)
+- ``sft``: ``prompt`` + ``completion`` (text), ``messages`` (a chat: list of {role, content}
+  ending with the assistant's answer), or ``text`` (plain text, every token trained on)
 - ``preference``: ``prompt``, ``chosen``, ``rejected`` (text or message lists), or ``prompt`` +
   ``ranked``: a list of k >= 2 distinct responses, best first (it stands for all k(k-1)/2 pairs)
 - ``prompt``: ``prompt`` (online RL; extra columns such as ``answer`` are kept)
 - ``unpaired``: ``prompt``, ``completion`` and ``label``, true (desirable) or false (undesirable):
   binary feedback on single completions (KTO)
+
+Public layouts are converted into these (``converter``, or detected as TRL detects them: ShareGPT
+turns, preference pairs whose prompt is their shared beginning).
 
 Every row also carries ``task``: its source or task name, so that evaluation can hold tasks out.
 Errors name the file (or dataset) and the 1-based row.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +34,7 @@ from rlhf_lab.errors import DataError
 log = logging.getLogger(__name__)
 
 FORMATS = {
-    "sft": (("prompt", "completion"), ("messages",)),
+    "sft": (("prompt", "completion"), ("messages",), ("text",)),
     "preference": (("prompt", "chosen", "rejected"), ("prompt", "ranked")),
     "prompt": (("prompt",),),
     "unpaired": (("prompt", "completion", "label"),),
@@ -39,30 +43,158 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 
 
 # --- converters for known public layouts ---------------------------------------------------------
+#
+# A converter is a pure function of one row, ``(row, chat) -> row``, so that it can be mapped over a
+# table. ``chat`` says whether the run's prompts go through a chat template: a layout that can be
+# read either way (HH-RLHF's transcripts) gives message lists with one and text without. A row not
+# in the layout raises LayoutError (or a KeyError for a missing field), named with its file and row.
 
 
-def alpaca(row: dict) -> dict:
+class LayoutError(ValueError):
+    """A row that a converter cannot read, and why."""
+
+
+def alpaca(row: dict, chat: bool = False) -> dict:
     """Alpaca / self-instruct: instruction, optional input, output."""
     prompt = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
     return {"prompt": prompt, "completion": row["output"]}
 
 
-def hh_rlhf(row: dict) -> dict:
-    """Anthropic HH-RLHF: two whole dialogues sharing everything up to the last assistant turn."""
-    marker = "\n\nAssistant:"
-    cut = row["chosen"].rfind(marker) + len(marker)
-    prompt = row["chosen"][:cut]
-    if not row["rejected"].startswith(prompt):
-        cut = row["rejected"].rfind(marker) + len(marker)
-    return {"prompt": prompt, "chosen": row["chosen"][cut:], "rejected": row["rejected"][len(prompt):]}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-def ultrafeedback(row: dict) -> dict:
+def _chatml(turns: Any, name: str) -> list[dict]:
+    """ShareGPT turns ({from, value}) as {role, content} messages."""
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        raise LayoutError(f"field '{name}' must be a list of {{from, value}} turns")
+    messages = []
+    for i, turn in enumerate(turns, start=1):
+        if "role" in turn:  # already a message
+            messages.append(turn)
+            continue
+        who = turn.get("from")
+        if who not in SHAREGPT_ROLES:
+            raise LayoutError(f"field '{name}' turn {i} has from={who!r} (ShareGPT roles: human, gpt, system)")
+        messages.append({"role": SHAREGPT_ROLES[who], "content": turn.get("value")})
+    return messages
+
+
+def _is_sharegpt(value: Any) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(t, dict) and "from" in t and "value" in t for t in value)
+
+
+def sharegpt(row: dict, chat: bool = False) -> dict:
+    """ShareGPT: ``conversations`` of {from: human|gpt|system, value} becomes ``messages``; any
+    other field holding such turns (a preference pair's chats) gets {role, content} too."""
+    out = {k: _chatml(v, k) if _is_sharegpt(v) else v for k, v in row.items() if k != "conversations"}
+    if "conversations" in row:
+        out["messages"] = _chatml(row["conversations"], "conversations")
+    elif not any(_is_sharegpt(v) for v in row.values()):
+        raise LayoutError("no field 'conversations' (a list of {from, value} turns)")
+    return out
+
+
+def _split_chats(chosen: list[dict], rejected: list[dict]) -> int:
+    """How many leading turns two chats share, cut back so that both answers start with an
+    assistant turn (the prompt then ends where the model starts to answer)."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared > 0 and not (
+        shared < len(chosen) and shared < len(rejected) and chosen[shared]["role"] == rejected[shared]["role"] == "assistant"
+    ):
+        shared -= 1
+    return shared
+
+
+def _split_texts(chosen: str, rejected: str) -> int:
+    """Where the shared beginning of two texts ends: before the first word in which they differ,
+    with the whitespace before that word left to the answers (" yes" / " no", as TRL does)."""
+    cut = 0
+    while cut < min(len(chosen), len(rejected)) and chosen[cut] == rejected[cut]:
+        cut += 1
+    while cut > 0 and not chosen[cut - 1].isspace():  # never split a word
+        cut -= 1
+    while cut > 0 and chosen[cut - 1].isspace():
+        cut -= 1
+    return cut
+
+
+def implicit_prompt(row: dict, chat: bool = False) -> dict:
+    """TRL's implicit-prompt preferences: no ``prompt``; ``chosen`` and ``rejected`` are whole
+    chats or texts, and what they share at the start is the prompt (whole turns for chats,
+    whole words for texts)."""
+    chosen, rejected = row["chosen"], row["rejected"]
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        for name, value in (("chosen", chosen), ("rejected", rejected)):
+            if not all(isinstance(m, dict) and "role" in m for m in value):
+                raise LayoutError(f"field '{name}' must be a list of {{role, content}} messages")
+        cut = _split_chats(chosen, rejected)
+        shared = "leading turns"
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        cut = _split_texts(chosen, rejected)
+        shared = "leading words"
+    else:
+        kinds = f"{type(chosen).__name__} and {type(rejected).__name__}"
+        raise LayoutError(f"'chosen' and 'rejected' must both be texts or both chats, got {kinds}")
+    if cut == 0:
+        raise LayoutError(f"no 'prompt', and 'chosen' and 'rejected' share no {shared} to serve as one")
+    return {**row, "prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
+
+
+HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+_HH_MARKER = re.compile(r"\n\n(Human|Assistant):")
+
+
+def _hh_turns(text: Any, name: str) -> list[tuple[str, str, int]]:
+    """(role, content, where the content starts) for each turn of an HH-RLHF transcript."""
+    if not isinstance(text, str):
+        raise LayoutError(f"field '{name}' must be a transcript (text), got {type(text).__name__}")
+    marks = list(_HH_MARKER.finditer(text))
+    if not marks or text[: marks[0].start()].strip():
+        raise LayoutError(f"field '{name}' is not a transcript of '\\n\\nHuman:' / '\\n\\nAssistant:' turns")
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return [(HH_ROLES[m.group(1)], text[m.end() : end], m.end()) for m, end in zip(marks, ends)]
+
+
+def hh_rlhf(row: dict, chat: bool = False) -> dict:
+    """Anthropic HH-RLHF: two transcripts that share their first turns. The shared turns up to the
+    first assistant turn in which they differ are the prompt; each answer is the rest of its
+    transcript (one assistant turn, or several turns when the dialogues part earlier). With a chat
+    template they are ``messages``; without, the transcript text itself, cut after "Assistant:"."""
+    chosen, rejected = _hh_turns(row["chosen"], "chosen"), _hh_turns(row["rejected"], "rejected")
+    messages = lambda turns: [{"role": role, "content": content.strip()} for role, content, _ in turns]  # noqa: E731
+    cut = _split_chats(messages(chosen), messages(rejected))
+    if cut >= min(len(chosen), len(rejected)):
+        raise LayoutError("'chosen' and 'rejected' have no assistant turn in which they differ")
+    if chat:
+        return {"prompt": messages(chosen[:cut]), "chosen": messages(chosen[cut:]), "rejected": messages(rejected[cut:])}
+    start, start_rejected = chosen[cut][2], rejected[cut][2]  # just after "Assistant:"
+    return {"prompt": row["chosen"][:start], "chosen": row["chosen"][start:], "rejected": row["rejected"][start_rejected:]}
+
+
+def ultrafeedback(row: dict, chat: bool = False) -> dict:
     """UltraFeedback binarized: prompt text; chosen / rejected as chats whose last turn is the answer."""
     return {"prompt": row["prompt"], "chosen": row["chosen"][-1]["content"], "rejected": row["rejected"][-1]["content"]}
 
 
-CONVERTERS: dict[str, Callable[[dict], dict]] = {"alpaca": alpaca, "hh_rlhf": hh_rlhf, "ultrafeedback": ultrafeedback}
+CONVERTERS: dict[str, Callable[[dict, bool], dict]] = {
+    "alpaca": alpaca,
+    "hh_rlhf": hh_rlhf,
+    "ultrafeedback": ultrafeedback,
+    "sharegpt": sharegpt,
+    "implicit_prompt": implicit_prompt,
+}
+
+
+def detect_layout(row: dict, fmt: str) -> str | None:
+    """The converter a row needs when none is configured, where TRL detects it too: ShareGPT turns
+    (``conversations``, or {from, value} chats), and preference pairs without a ``prompt``."""
+    if "messages" not in row and (_is_sharegpt(row.get("conversations")) or any(_is_sharegpt(v) for v in row.values())):
+        return "sharegpt"
+    if fmt == "preference" and row.get("prompt") is None and row.get("chosen") is not None and row.get("rejected") is not None:
+        return "implicit_prompt"
+    return None
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -109,8 +241,11 @@ def _locate_jsonl_problem(path: Path) -> None:
                     )
 
 
-def load_source(name: str, src: SourceConfig, fmt: str, loaders: dict[str, Callable], cache_dir=None) -> tuple[list[dict], str]:
-    """Rows of one source as canonical dicts with ``task``; returns (rows, where) for messages."""
+def load_source(
+    name: str, src: SourceConfig, fmt: str, loaders: dict[str, Callable], cache_dir=None, chat: bool = True
+) -> tuple[list[dict], str]:
+    """Rows of one source as canonical dicts with ``task``; returns (rows, where) for messages.
+    ``chat``: whether prompts will go through a chat template (see the converters)."""
     loader = src.loader
     if loader == "auto":
         loader = "file" if src.path else "hub" if src.hub else None
@@ -132,23 +267,29 @@ def load_source(name: str, src: SourceConfig, fmt: str, loaders: dict[str, Calla
     rows = list(ds) if not isinstance(ds, list) else ds
     if src.limit is not None:
         rows = rows[: src.limit]
-    rows = [_canonical(row, src, name, where, i) for i, row in enumerate(rows, start=1)]
+    rows = [_canonical(row, src, name, where, i, fmt, chat) for i, row in enumerate(rows, start=1)]
     return rows, where
 
 
-def _canonical(row: dict, src: SourceConfig, name: str, where: str, rowno: int) -> dict:
+def _canonical(row: dict, src: SourceConfig, name: str, where: str, rowno: int, fmt: str, chat: bool) -> dict:
     if src.fields:
+        for canon, col in src.fields.items():
+            if not isinstance(col, str):
+                raise DataError(f"data.fields.{canon} must name a column (a string), got {type(col).__name__} {col!r}.")
         missing = [col for col in src.fields.values() if col not in row]
         if missing:
             raise DataError(f"{where} row {rowno}: mapped column(s) {missing} not found (columns: {sorted(row)}).")
         row = {**row, **{canon: row[col] for canon, col in src.fields.items()}}
-    if src.converter:
-        if src.converter not in CONVERTERS:
-            raise DataError(f"unknown converter '{src.converter}' (known: {', '.join(CONVERTERS)}).")
+    converter = src.converter or detect_layout(row, fmt)
+    if converter:
+        if converter not in CONVERTERS:
+            raise DataError(f"unknown converter '{converter}' (known: {', '.join(CONVERTERS)}).")
         try:
-            row = {**CONVERTERS[src.converter](row), "task": row.get("task")}
-        except (KeyError, TypeError, IndexError, AttributeError) as exc:
-            raise DataError(f"{where} row {rowno}: not in {src.converter} layout ({type(exc).__name__}: {exc}).") from exc
+            row = {**CONVERTERS[converter](row, chat), "task": row.get("task")}
+        except KeyError as exc:
+            raise DataError(f"{where} row {rowno}: not in {converter} layout: missing field {exc}.") from exc
+        except (LayoutError, TypeError, IndexError, AttributeError) as exc:
+            raise DataError(f"{where} row {rowno}: not in {converter} layout: {exc}.") from exc
     row["task"] = src.task or row.get("task") or name
     row["_source"], row["_row"] = where, rowno
     return row
@@ -203,10 +344,17 @@ def row_problem(row: dict, fmt: str) -> str | None:
         elif f == "label":
             if not isinstance(value, bool):
                 return f"field 'label' must be true or false, got {value!r}"
+        elif f == "text":
+            if not _is_text(value):
+                return "field 'text' is empty" if isinstance(value, str) else f"field 'text' must be text, got {type(value).__name__}"
         elif not (_is_text(value) or _is_chat(value)):
             if isinstance(value, str):
                 return f"field '{f}' is empty"
+            if isinstance(value, list):
+                return f"field '{f}' must be text or a non-empty list of {{role, content}} messages"
             return f"field '{f}' must be text, got {type(value).__name__}"
+        if f in ("chosen", "rejected") and isinstance(value, list) and value[-1]["role"] != "assistant":
+            return f"field '{f}' must end with an assistant message"
     if "chosen" in layout and row["chosen"] == row["rejected"]:
         return "chosen and rejected are identical"
     return None
@@ -247,14 +395,14 @@ def mix(parts: dict[str, list[dict]], weights: dict[str, float], size: int | Non
     return out
 
 
-def load_rows(cfg: DataConfig, fmt: str, loaders: dict[str, Callable], seed: int) -> tuple[list[dict], dict[str, Any]]:
+def load_rows(cfg: DataConfig, fmt: str, loaders: dict[str, Callable], seed: int, chat: bool = True) -> tuple[list[dict], dict[str, Any]]:
     """All rows of the configured source or mixture, validated; plus counts for the run summary."""
     sources = dict(cfg.sources) if cfg.sources else {"data": cfg}
     parts, stats = {}, {"dropped_invalid": 0}
     for name, src in sources.items():
         if src.weight < 0:
             raise DataError(f"data.sources.{name}.weight must be >= 0, got {src.weight}.")
-        rows, where = load_source(name, src, fmt, loaders, cfg.cache_dir)
+        rows, where = load_source(name, src, fmt, loaders, cfg.cache_dir, chat)
         rows, dropped = validate(rows, fmt, where, cfg.invalid_rows)
         stats["dropped_invalid"] += dropped
         parts[name] = rows

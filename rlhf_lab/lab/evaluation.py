@@ -34,7 +34,7 @@ from rlhf_lab.lab import world
 from rlhf_lab.models import eval_mode, frozen, load_causal_lm
 from rlhf_lab.objectives.rm import sequence_rewards
 from rlhf_lab.rewards.ensemble import EnsembleScore
-from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScore
+from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps
 from rlhf_lab.rollout.generation import Sampling, sample_texts
 
@@ -45,9 +45,9 @@ def proxy_scorer(cfg: DictConfig) -> torch.nn.Module | None:
     """The learned reward scored as ``world/proxy_reward``: ``data.proxy_model``, else the run's
     reward model (``reward=model``) or reward-model ensemble (``reward=ensemble``, its aggregate)."""
     if cfg.data.get("proxy_model"):
-        return RewardModelScore(ModelRewardConfig(path=cfg.data.proxy_model))
+        return RewardModelScorer(ModelRewardConfig(path=cfg.data.proxy_model))
     if cfg.reward is not None and cfg.reward.name == "model":
-        return RewardModelScore(ModelRewardConfig(path=cfg.reward.path))
+        return RewardModelScorer(ModelRewardConfig(path=cfg.reward.path))
     if cfg.reward is not None and cfg.reward.name == "ensemble":
         return EnsembleScore(cfg.reward)
     return None
@@ -96,7 +96,7 @@ class WorldEvaluation(L.Callback):
     # --- policy ---------------------------------------------------------------------------------
 
     def _sample(self, model, pl_module) -> tuple[list[list[int]], list[str]]:
-        return sample_texts(model, pl_module.tokenizer, self.prompt_ids, self.sampling, EVAL_SEED)
+        return sample_texts(model, pl_module.tokenizer, self.prompt_ids, self.sampling, EVAL_SEED)  # the same draws at every evaluation
 
     @torch.no_grad()
     def _sequence_logps(self, model, completions: list[list[int]], pl_module) -> torch.Tensor:

@@ -1,12 +1,13 @@
 """Model loading: the embedded tiny model, any Hugging Face causal LM (hub id or local directory),
 optional LoRA, and an atomic ``save_pretrained`` export.
 
-Objectives receive a ``ModelFactory`` and ask it for what they need (policy, frozen reference,
-reward model), so loading stays in one place and an objective never reads files itself.
+Objectives receive a ``ModelFactory`` and ask it for what they need (policy, frozen reference, a
+reward model to train, a critic), so loading stays in one place and an objective never reads files itself.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from transformers import (
 from rlhf_lab.config import ModelConfig
 from rlhf_lab.errors import ConfigError
 
+log = logging.getLogger(__name__)
 TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,6 +47,27 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
         # Decoder-only checkpoints often ship without a pad token; padding is masked out anyway.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence a model's config declares it can attend over (its position table), if any."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(getattr(config, attr, None), int) and getattr(config, attr) > 0:
+            return getattr(config, attr)
+    return None
+
+
+def fit_to_context(max_length: int, cfg: ModelConfig) -> int:
+    """``data.max_length`` cut to the configured model's context: a model with learned positions
+    (GPT-2) fails with an IndexError on longer sequences, and rotary ones never saw them."""
+    location = _location(cfg)
+    context = max_positions(AutoConfig.from_pretrained(location, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code))
+    if context is None or max_length <= context:
+        return max_length
+    log.info("data.max_length=%d is longer than the %d positions of model %s: sequences are cut at %d tokens.",
+             max_length, context, location, context)
+    return context
 
 
 def _dtype(cfg: ModelConfig) -> torch.dtype:
@@ -95,10 +118,11 @@ def load_causal_lm(cfg: ModelConfig, *, lora: bool = True) -> PreTrainedModel:
     return model
 
 
-def load_reward_model(cfg: ModelConfig, pad_token_id: int) -> PreTrainedModel:
+def load_scalar_head_model(cfg: ModelConfig, pad_token_id: int) -> PreTrainedModel:
     """A scalar head (``AutoModelForSequenceClassification``, one label) on the configured causal-LM
-    backbone, plus LoRA if asked (the head is then trained in full). ``pad_token_id`` is stored in
-    its config: the exported model reads the reward at the last token that is not padding."""
+    backbone, plus LoRA if asked (the head is then trained in full): a reward model to train, or a
+    critic. ``pad_token_id`` is stored in its config: the exported model reads the reward at the
+    last token that is not padding."""
     model = _load(AutoModelForSequenceClassification, cfg, num_labels=1, pad_token_id=pad_token_id)
     if cfg.lora.r > 0:
         model = apply_lora(model, cfg, task_type="SEQ_CLS")
@@ -166,9 +190,17 @@ class ModelFactory:
         """A frozen copy of the initial policy (without LoRA)."""
         return frozen(load_causal_lm(self.cfg, lora=False))
 
-    def reward_model(self) -> PreTrainedModel:
-        """A trainable scalar-head model on the ``model`` backbone (see ``load_reward_model``)."""
-        return load_reward_model(self.cfg, self.tokenizer.pad_token_id).train()
+    def trainable_reward_model(self) -> PreTrainedModel:
+        """A reward model to train (``objective=rm``): a scalar head on the ``model`` backbone (see
+        ``load_scalar_head_model``), in train mode."""
+        return load_scalar_head_model(self.cfg, self.tokenizer.pad_token_id).train()
+
+    def critic(self) -> PreTrainedModel:
+        """PPO's value model V(s_t): a scalar head on the ``model`` backbone, in train mode, whose head
+        starts at zero (V = 0 until it learns: a random head's noise would swamp the first advantages)."""
+        model = load_scalar_head_model(self.cfg, self.tokenizer.pad_token_id).train()
+        torch.nn.init.zeros_(unwrap(model).score.weight)
+        return model
 
     def reward(self):
         """The reward source of online RL (``reward=<name>``): an ``rlhf_lab.rewards.Reward``."""

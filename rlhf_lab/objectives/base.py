@@ -114,13 +114,46 @@ class Objective(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.automatic_optimization:  # online RL logs its own, once per rollout
+            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip (``optim.grad_clip``) and log ``train/grad_norm``, the norm before clipping (TRL's ``grad_norm``)."""
+        norm = self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def clip_gradients(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> torch.Tensor:
+        """Clip the gradients of ``optimizer``'s parameters to a total norm of ``gradient_clip_val``
+        (None: the Trainer's; neither: no clipping), or each value to it with
+        ``gradient_clip_algorithm="value"``; returns their total norm before clipping.
+
+        Lightning's own clipping goes through the precision plugin, whose bf16-mixed one refuses any
+        optimiser that unscales gradients inside its step (fused AdamW), although bf16 scales
+        nothing. Here it is the same ``clip_grad_norm_`` for every precision: under 16-mixed's
+        GradScaler the fused kernel is never chosen (``configure_optimizers``), so automatic
+        optimisation clips gradients that Lightning has already unscaled.
+        """
+        max_norm = gradient_clip_val if gradient_clip_val is not None else self.trainer.gradient_clip_val
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        by_value = gradient_clip_algorithm == "value"
+        norm = torch.nn.utils.clip_grad_norm_(params, math.inf if by_value or not max_norm else max_norm)
+        if by_value and max_norm:
+            torch.nn.utils.clip_grad_value_(params, max_norm)
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm  # FSDP2: the norm over every shard
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
         params = [p for p in self.parameters() if p.requires_grad]
-        fused = cfg.fused if cfg.fused is not None else all(fusable(p) for p in params)
+        # 16-mixed's GradScaler unscales before clipping; a fused step would unscale only inside itself.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None if self._trainer is not None else False
+        if cfg.fused and scaled and cfg.grad_clip:
+            raise ConfigError("optim.fused=true with trainer.precision=16-mixed cannot clip gradients (the fused step unscales "
+                              "them itself, after clipping): set optim.fused=false, optim.grad_clip=null or trainer.precision=bf16-mixed.")
+        fused = cfg.fused if cfg.fused is not None else not scaled and all(fusable(p) for p in params)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                                       **({"fused": True} if fused else {}))
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1

@@ -1,7 +1,7 @@
 """Reward model (``objective=rm``): a scalar head on a causal-LM backbone, trained on preferences
 with the Bradley-Terry loss (``losses.bradley_terry``):
 
-    r(x, y) = w . h_last(x, y)        the head at the last non-padding token of prompt + response
+    r(x, y) = w . h_last(x, y)        the head at the last token of prompt + response + EOS that is not padding
     L = mean over pairs of  -log sigma(r(x, y_w) - r(x, y_l) - m) + eta * (r(x, y_w) + r(x, y_l))^2
 
 A ranked row of k responses is scored with one forward pass per response and gives all its
@@ -32,16 +32,27 @@ class RMConfig(ObjectiveConfig):
 
 
 def sequence_rewards(model, batch: dict) -> torch.Tensor:
-    """(num_sequences,) the scalar head at each sequence's last token, for padded or packed batches."""
+    """(num_sequences,) the scalar head at each sequence's last token that is not the padding token
+    (the model config's ``pad_token_id``), for padded or packed batches.
+
+    That is where ``AutoModelForSequenceClassification`` reads it (the rightmost token that is not
+    padding), so the exported model scores the same ids exactly as training did. When the
+    tokenizer pads with EOS (GPT-2, Llama 3) the EOS that ends every sequence counts as padding and
+    the reward is read at the answer's last token; otherwise at the EOS.
+    """
     base = unwrap(model)
     backbone = getattr(base, base.base_model_prefix)
     inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
     hidden = backbone(**inputs, use_cache=False).last_hidden_state.flatten(0, 1)  # (B*T, H)
     seq_ids = batch["seq_ids"].flatten()  # (B*T,), -1 on padding
     real = seq_ids >= 0
+    pad_id = base.config.get_text_config().pad_token_id
+    content = real & (batch["input_ids"].flatten() != pad_id) if pad_id is not None else real
     positions = torch.arange(seq_ids.numel(), device=seq_ids.device)  # (B*T,)
-    last = torch.zeros(batch["num_sequences"], dtype=torch.long, device=seq_ids.device)
-    last = last.scatter_reduce(0, seq_ids[real], positions[real], reduce="amax")  # (n,) flat index of each last token
+    n = batch["num_sequences"]
+    # A sequence of padding tokens only is read at its first token, as transformers reads such a row.
+    first = torch.full((n,), seq_ids.numel(), device=seq_ids.device).scatter_reduce(0, seq_ids[real], positions[real], reduce="amin")
+    last = first.scatter_reduce(0, seq_ids[content], positions[content], reduce="amax")  # (n,) flat index of each last token
     return base.score(hidden[last]).squeeze(-1).float()  # (n,)
 
 
@@ -50,7 +61,7 @@ class RewardModel(Objective):
 
     def __init__(self, cfg: RMConfig, **kwargs):
         super().__init__(cfg, **kwargs)
-        self.reward_model = self.models.reward_model()
+        self.reward_model = self.models.trainable_reward_model()
         if cfg.disable_dropout:
             disable_dropout(self.reward_model)
 

@@ -9,15 +9,12 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rlhf_lab.models import max_positions
+
 
 def context_length(model, tokenizer: PreTrainedTokenizerBase, override: int | None = None) -> int:
     """Tokens the model attends over: ``override``, else its config's, else the tokenizer's."""
-    if override:
-        return override
-    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
-        if getattr(model.config, attr, None):
-            return getattr(model.config, attr)
-    return tokenizer.model_max_length
+    return override or max_positions(model.config) or tokenizer.model_max_length
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str, special_tokens: bool) -> tuple[list[int], list[int]]:

@@ -2,7 +2,7 @@
 defence against reward hacking: k reward models trained alike but for their seed disagree most
 where the policy has gone off the data, and a conservative aggregate of their scores pays less
 there (Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization",
-https://arxiv.org/abs/2310.02743, sec. 3.2). Each member is a ``RewardModelScore`` (an exported
+https://arxiv.org/abs/2310.02743, sec. 3.2). Each member is a ``RewardModelScorer`` (an exported
 ``objective=rm`` directory); ``pipeline=ensemble`` trains three from the same SFT model and data
 with seeds that differ.
 """
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from rlhf_lab.config import RewardConfig
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScore
+from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rewards.python import import_callable
 
 
@@ -62,7 +62,7 @@ class EnsembleScore(torch.nn.Module):
         if cfg.aggregate not in AGGREGATES:
             raise ConfigError(f"reward.aggregate must be one of {', '.join(AGGREGATES)}; got '{cfg.aggregate}'.")
         self.members = torch.nn.ModuleList(
-            RewardModelScore(ModelRewardConfig(path=p, batch_size=cfg.batch_size, max_length=cfg.max_length, chat_template=cfg.chat_template))
+            RewardModelScorer(ModelRewardConfig(path=p, batch_size=cfg.batch_size, max_length=cfg.max_length, chat_template=cfg.chat_template))
             for p in cfg.paths
         )
         self.aggregate = AGGREGATES[cfg.aggregate]

@@ -22,7 +22,7 @@ import torch
 
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScore
+from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rollout.generation import Sampling, sample_texts
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class HeldOutRewardStop(L.Callback):
             raise ConfigError("HeldOutRewardStop scores the policy on validation prompts: set data.val_fraction > 0 or data.val_path.")
         self.prompt_ids = Encoder(pl_module.tokenizer, trainer.datamodule.cfg.max_length).prompt_ids(prompts)
         self.prompts = prompts
-        self.scorer = RewardModelScore(ModelRewardConfig(path=self.path)).to(pl_module.device)
+        self.scorer = RewardModelScorer(ModelRewardConfig(path=self.path)).to(pl_module.device)
         self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

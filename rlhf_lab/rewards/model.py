@@ -3,7 +3,7 @@
 ``DIR`` holds an ``AutoModelForSequenceClassification`` with one label and its tokenizer, as
 ``objective=rm`` exports. Prompt and completion are encoded exactly as the reward model saw them
 in training (its own tokenizer and chat template, completion ended by EOS), and scored in batches
-with the head read at each sequence's last token (``rlhf_lab.objectives.rm.sequence_rewards``).
+with the head read where training read it (``rlhf_lab.objectives.rm.sequence_rewards``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rlhf_lab.config import RewardConfig
 from rlhf_lab.data.collate import pad_collate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.models import frozen
+from rlhf_lab.models import frozen, max_positions
 from rlhf_lab.objectives.rm import sequence_rewards
 from rlhf_lab.rewards.python import import_callable
 
@@ -28,12 +28,12 @@ from rlhf_lab.rewards.python import import_callable
 class ModelRewardConfig(RewardConfig):
     path: str = MISSING  # directory of an exported reward model (objective=rm writes <run dir>/model)
     batch_size: int = 32  # sequences per forward pass
-    max_length: int = 1024  # tokens per prompt + completion; longer completions are cut at the end
+    max_length: int = 1024  # tokens per prompt + completion (at most the model's positions); longer completions are cut at the end
     chat_template: str = "auto"  # auto: encode prompts with the reward model's chat template when it has one | never
     gold_fn: Optional[str] = None  # import path of a gold score "module:function" (logged as train/reward_gold)
 
 
-class RewardModelScore(torch.nn.Module):
+class RewardModelScorer(torch.nn.Module):
     """``score(prompts, completions)`` with a frozen reward model. A module, so that the objective
     holding it moves it to the training device."""
 
@@ -46,7 +46,7 @@ class RewardModelScore(torch.nn.Module):
             raise ConfigError(f"reward.path={cfg.path}: not a reward model directory ({exc}).") from exc
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self.encoder = Encoder(tokenizer, cfg.max_length, cfg.chat_template)
+        self.encoder = Encoder(tokenizer, min(cfg.max_length, max_positions(self.model.config) or cfg.max_length), cfg.chat_template)
         self.batch_size = cfg.batch_size
         if cfg.gold_fn:
             self.gold = import_callable(cfg.gold_fn, "reward.gold_fn")
@@ -70,5 +70,5 @@ class RewardModelScore(torch.nn.Module):
         return scores
 
 
-def model_reward(cfg: ModelRewardConfig, tokenizer) -> RewardModelScore:
-    return RewardModelScore(cfg)
+def reward_model_scorer(cfg: ModelRewardConfig, tokenizer) -> RewardModelScorer:
+    return RewardModelScorer(cfg)

@@ -7,6 +7,8 @@ including EOS and 0 on padding. Groups (GRPO, RLOO) are k consecutive completion
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -16,12 +18,14 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
-    """(x - mean) / std over masked tokens; with ``shift_mean=False`` the mean is kept."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
-    return (whitened if shift_mean else whitened + mean) * mask
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, mean: Callable[[Tensor, Tensor], Tensor] = masked_mean) -> Tensor:
+    """(x - mean) / std over masked tokens; with ``shift_mean=False`` the mean is kept. ``mean`` takes
+    the masked means: an objective passes one over every process's tokens, so that N processes
+    whiten exactly as one process with the whole batch."""
+    mu = mean(x, mask)
+    var = mean((x - mu) ** 2, mask)
+    whitened = (x - mu) * torch.rsqrt(var + 1e-8)
+    return (whitened if shift_mean else whitened + mu) * mask
 
 
 def kl_penalised_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float | Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rlhf_lab.models import unwrap
@@ -19,14 +20,18 @@ from rlhf_lab.models import unwrap
 
 @dataclass
 class Rollout:
-    """Sampled completions and what the update reads. Tensors are indexed by sequence first."""
+    """Sampled completions and what the update reads. Tensors are indexed by completion first;
+    a field is None until a step of the rollout sets it (or when the objective never needs it)."""
 
     input_ids: Tensor  # (N, P + C)
     attention_mask: Tensor  # (N, P + C) 0 on padding
     mask: Tensor  # (N, C) 1 on completion tokens up to and including EOS
-    scores: Tensor  # (N,) R(x, y): the reward source's score (after any missing-EOS penalty)
-    logps: Tensor  # (N, C) log pi_old(y_t | x, y_<t): the policy that sampled
-    ref_logps: Tensor  # (N, C) log pi_ref(y_t | x, y_<t)
+    reward: Tensor  # (N,) R(x, y) as the reward source scored it (logged as train/reward)
+    scores: Tensor  # (N,) the score the advantages read: R(x, y) after any missing-EOS penalty and whitening
+    logps: Tensor | None = None  # (N, C) log pi_old(y_t | x, y_<t): the policy that sampled
+    ref_logps: Tensor | None = None  # (N, C) log pi_ref(y_t | x, y_<t); None when the objective has no reference (beta = 0)
+    entropy: Tensor | None = None  # (N, C) entropy of pi_old's next-token distribution (a metric)
+    gold: Tensor | None = None  # (N,) the reward source's gold score, in a lab setting
     values: Tensor | None = None  # (N, C) V(s_t), the critic's estimate before each token (PPO)
     advantages: Tensor | None = None  # (N, C) A_t
     returns: Tensor | None = None  # (N, C) value targets (PPO)
@@ -45,11 +50,33 @@ class Rollout:
     def completion_ids(self) -> Tensor:
         return self.input_ids[:, -self.mask.shape[1] :]  # (N, C)
 
+    def select(self, idx: Tensor) -> Rollout:
+        """The completions at ``idx`` (1-D indices), every field alike."""
+        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self) if getattr(self, f.name) is not None})
+
+    @classmethod
+    def cat(cls, parts: list[Rollout], pad_id: int) -> Rollout:
+        """One rollout of all ``parts``' completions, re-padded to the widest prompt and completion."""
+        p_width = max(part.input_ids.shape[1] - part.mask.shape[1] for part in parts)
+        c_width = max(part.mask.shape[1] for part in parts)
+
+        def padded(part: Rollout, name: str) -> Tensor:
+            value, c = getattr(part, name), part.mask.shape[1]
+            if name in ("input_ids", "attention_mask"):  # prompts padded on the left, completions on the right
+                return F.pad(value, (p_width - (value.shape[1] - c), c_width - c), value=pad_id if name == "input_ids" else 0)
+            return F.pad(value, (0, c_width - c)) if value.dim() == 2 else value
+
+        names = [f.name for f in fields(cls) if getattr(parts[0], f.name) is not None]
+        return cls(**{name: torch.cat([padded(part, name) for part in parts]) for name in names})
+
     def minibatches(self, count: int, generator: torch.Generator | None = None) -> Iterator[Rollout]:
         """``count`` random disjoint minibatches covering the rollout once."""
+        if count == 1:
+            yield self
+            return
         order = torch.randperm(len(self.scores), generator=generator).to(self.scores.device)
         for idx in order.chunk(count):
-            yield replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self) if getattr(self, f.name) is not None})
+            yield self.select(idx)
 
 
 def _inputs(input_ids: Tensor, attention_mask: Tensor) -> dict:
@@ -59,9 +86,10 @@ def _inputs(input_ids: Tensor, attention_mask: Tensor) -> dict:
 
 def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float) -> Tensor:
     """(N, C = width, V) logits / temperature at the C positions that predict completion tokens:
-    the distribution sampled from. The LM head runs at those positions only (``logits_to_keep``)."""
-    logits = model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1]  # (N, C, V)
-    return logits.float() / temperature
+    the distribution sampled from. The LM head runs at those positions only (``logits_to_keep``),
+    and no float32 copy is made of logits that are float32 already (nor a scaled one at temperature 1)."""
+    logits = model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1].float()  # (N, C, V)
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def token_logps(logits: Tensor, targets: Tensor) -> Tensor:
@@ -74,10 +102,10 @@ def entropy(logits: Tensor) -> Tensor:
     return logits.logsumexp(-1) - (logits.softmax(-1) * logits).sum(-1)
 
 
-def completion_values(value_model, input_ids: Tensor, attention_mask: Tensor, width: int) -> Tensor:
+def completion_values(critic, input_ids: Tensor, attention_mask: Tensor, width: int) -> Tensor:
     """(N, C = width) V(s_t): a scalar head (``AutoModelForSequenceClassification``'s ``score``)
     read at every position that precedes a completion token, i.e. before each action."""
-    base = unwrap(value_model)
+    base = unwrap(critic)
     backbone = getattr(base, base.base_model_prefix)
     hidden = backbone(**_inputs(input_ids, attention_mask)).last_hidden_state[:, -width - 1 : -1]  # (N, C, H)
     return base.score(hidden).squeeze(-1).float()  # (N, C)

@@ -33,17 +33,19 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
 KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
-def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip: float) -> tuple[Tensor, Tensor]:
+def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
     """PPO's clipped policy loss (Schulman et al. 2017, https://arxiv.org/abs/1707.06347, eq. 7), per token:
 
-        L = -min(rho * A, clip(rho, 1 - eps, 1 + eps) * A),    rho = exp(log pi - log pi_old)
+        L = -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A),    rho = exp(log pi - log pi_old)
 
+    PPO clips symmetrically (eps_low = eps_high); DAPO's clip-higher (https://arxiv.org/abs/2503.14476,
+    sec. 3.1) raises eps_high, so that unlikely tokens with a positive advantage can grow further.
     Returns (losses, clipped), each like ``logp``: ``clipped`` is 1 where the clipped term is the
     one taken (its mean is the clip fraction).
     """
     rho = torch.exp(logp - old_logp)
     unclipped = -advantages * rho
-    clipped = -advantages * rho.clamp(1 - clip, 1 + clip)
+    clipped = -advantages * rho.clamp(1 - clip_low, 1 + clip_high)
     return torch.maximum(unclipped, clipped), (clipped > unclipped).float()
 
 

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from rlhf_lab.__main__ import unselected_group_option, with_default_run
@@ -130,3 +131,12 @@ def test_an_option_of_an_unselected_group_is_named_not_an_assertion(cli):
     res = cli("mode=eval", "eval=world_arith", "prompting.k=3")
     assert res.returncode == 2 and "'prompting.k' sets an option of the 'prompting' group" in res.stderr
     assert "Traceback" not in res.stderr and "AssertionError" not in res.stderr
+
+
+@pytest.mark.slow
+def test_a_whole_mapping_from_the_shell_replaces_the_presets(cli):
+    """README's syntax through the real entry point (whole_mappings rewrites it before Hydra composes)."""
+    shown = cli("--cfg", "job", "data=mixture", "data.sources={math: {path: m.jsonl, weight: 2.0}}", "data.fields={prompt: q}")
+    assert shown.returncode == 0, shown.output
+    data = yaml.safe_load(shown.stdout)["data"]
+    assert list(data["sources"]) == ["math"] and data["sources"]["math"]["weight"] == 2.0 and data["fields"] == {"prompt": "q"}

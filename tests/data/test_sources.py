@@ -100,11 +100,6 @@ def test_alpaca_layout(tmp_path):
     assert [(r["prompt"], r["completion"]) for r in rows] == [("Add.\n\n2 and 3", "5"), ("Say hi.", "hi")]
 
 
-def test_hh_rlhf_layout(tmp_path):
-    shared = "\n\nHuman: Is water wet?\n\nAssistant:"
-    path = write_jsonl(tmp_path / "hh.jsonl", [{"chosen": shared + " Yes, mostly.", "rejected": shared + " No."}])
-    row = rows_of(DataConfig(path=str(path), converter="hh_rlhf"), "preference")[0]
-    assert (row["prompt"], row["chosen"], row["rejected"]) == (shared, " Yes, mostly.", " No.")
 
 
 def test_ultrafeedback_layout(tmp_path):

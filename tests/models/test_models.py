@@ -73,7 +73,7 @@ def test_trained_models_are_in_train_mode_and_checkpointing_applies_to_hub_check
 
     plain, every_layer, every_2nd = (build().policy(), build(gradient_checkpointing=True).policy(),
                                      build(gradient_checkpointing=True, gradient_checkpointing_every=2).policy())
-    assert plain.training and build().reward_model().training
+    assert plain.training and build().trainable_reward_model().training
     assert not build().reference().training and not load_causal_lm(ModelConfig()).training  # inference: eval mode
     full, checkpointed, half = saved_activations(plain, ids), saved_activations(every_layer, ids), saved_activations(every_2nd, ids)
     assert checkpointed < half < full

@@ -13,7 +13,7 @@ from rlhf_lab.config import ModelConfig, OptimConfig
 from rlhf_lab.data.collate import pad_collate, packed_collate
 from rlhf_lab.data.synthetic import generate
 from rlhf_lab.data.tokenize import Encoder
-from rlhf_lab.models import ModelFactory
+from rlhf_lab.models import ModelFactory, export_pretrained, load_tokenizer
 from rlhf_lab.objectives.rm import RewardModel, RMConfig, sequence_rewards
 
 
@@ -102,8 +102,32 @@ def test_reward_model_learns_and_its_export_scores_held_out_rows(cli):
 def test_any_causal_lm_directory_is_a_backbone(tiny_model_dir, tiny_tokenizer):
     """``model=hf``: the saved causal LM's weights under a new scalar head."""
     cfg = ModelConfig(source="hf", name_or_path=str(tiny_model_dir))
-    reward_model = ModelFactory(cfg, tiny_tokenizer).reward_model()
+    reward_model = ModelFactory(cfg, tiny_tokenizer).trainable_reward_model()
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert reward_model.config.num_labels == 1 and reward_model.config.pad_token_id == tiny_tokenizer.pad_token_id
     torch.testing.assert_close(reward_model.model.embed_tokens.weight, lm.model.embed_tokens.weight)
     assert reward_model.score.weight.shape == (1, lm.config.hidden_size)
+
+
+def test_export_reads_the_reward_where_transformers_does_when_pad_is_eos(tmp_path, arch_dir):
+    """GPT-2 pads with EOS, so AutoModelForSequenceClassification reads the token before the EOS
+    that ends each sequence; training must read the same one, or the export scores differently."""
+    cfg = ModelConfig(source="hf", name_or_path=str(arch_dir("gpt2")))
+    tokenizer = load_tokenizer(cfg)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    rm = RewardModel(RMConfig(name="rm"), models=ModelFactory(cfg, tokenizer), tokenizer=tokenizer, optim=OptimConfig())
+    with torch.no_grad():
+        rm.reward_model.score.weight.normal_(generator=torch.Generator().manual_seed(0))
+    features = Encoder(tokenizer, max_length=64).ranking(generate("preference", 4, seed=3))
+    padded = pad_collate(features, tokenizer.pad_token_id)
+    export_pretrained(rm.reward_model, tokenizer, tmp_path / "model")
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()
+    rm.reward_model.eval()
+    with torch.no_grad():
+        hf = exported(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits.squeeze(-1)
+        torch.testing.assert_close(sequence_rewards(rm.reward_model, padded), hf, rtol=0, atol=1e-5)
+        torch.testing.assert_close(sequence_rewards(rm.reward_model, packed_collate(features, 64)), hf, rtol=0, atol=1e-5)
+        first = padded["input_ids"][:1, : padded["attention_mask"][0].sum()]  # (1, T) the first sequence, ending with EOS
+        at_eos = rm.reward_model.score(rm.reward_model.transformer(input_ids=first).last_hidden_state[:, -1])
+    assert first[0, -1] == tokenizer.eos_token_id
+    assert abs(at_eos.item() - hf[0].item()) > 1e-3  # the head at the EOS itself would disagree

@@ -33,3 +33,8 @@ def fails_later(prompts, completions):
             raise ConnectionError("judge service unreachable")
         return [float("nan")] * len(completions)
     return share_of_a(prompts, completions)
+
+
+def flat_on_add(prompts, completions, task):
+    """0 for every completion of task 'add' (a group with no signal), share_of_a otherwise."""
+    return [0.0 if t == "add" else c.count("a") / max(len(c), 1) for c, t in zip(completions, task)]

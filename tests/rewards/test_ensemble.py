@@ -7,9 +7,9 @@ from omegaconf import OmegaConf
 
 from rlhf_lab.config import ModelConfig
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.models import load_reward_model
+from rlhf_lab.models import load_scalar_head_model
 from rlhf_lab.rewards.ensemble import AGGREGATES, EnsembleRewardConfig, EnsembleScore
-from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScore
+from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 
 SCORES = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 3.0]])  # (k = 3 members, N = 2 completions)
 
@@ -28,7 +28,7 @@ def member_dirs(tmp_path_factory, tiny_tokenizer):
     """Two reward model directories that differ in their head (seeds 0 and 1), as two seeds of objective=rm would."""
     dirs = []
     for seed in (0, 1):
-        model = load_reward_model(ModelConfig(), tiny_tokenizer.pad_token_id)
+        model = load_scalar_head_model(ModelConfig(), tiny_tokenizer.pad_token_id)
         with torch.no_grad():
             model.score.weight.normal_(generator=torch.Generator().manual_seed(seed))
         out = tmp_path_factory.mktemp(f"rm{seed}")
@@ -40,7 +40,7 @@ def member_dirs(tmp_path_factory, tiny_tokenizer):
 
 def test_an_ensemble_scores_as_its_members_aggregate(member_dirs):
     prompts, completions = ["Describe the river castle.", "Hi"], ["it is sunny.", "robot robot"]
-    members = torch.tensor([RewardModelScore(ModelRewardConfig(path=d))(prompts, completions) for d in member_dirs])  # (2, 2)
+    members = torch.tensor([RewardModelScorer(ModelRewardConfig(path=d))(prompts, completions) for d in member_dirs])  # (2, 2)
     assert not torch.allclose(members[0], members[1])
     for aggregate, expected in [("mean", members.mean(0)), ("min", members.min(0).values),
                                 ("uwo", members.mean(0) - 2.0 * ((members[0] - members[1]) / 2) ** 2)]:  # fmt: skip

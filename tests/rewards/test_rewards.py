@@ -11,11 +11,11 @@ from rlhf_lab.config import ModelConfig
 from rlhf_lab.data.collate import pad_collate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.models import load_reward_model
+from rlhf_lab.models import load_scalar_head_model
 from rlhf_lab.objectives.rm import sequence_rewards
 from rlhf_lab.plugins import load_plugins
 from rlhf_lab.rewards import Reward, RewardError, build_reward
-from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScore
+from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rewards.python import PythonRewardConfig, python_reward
 from rlhf_lab.rewards.verifiable import VerifiableConfig, verifiable
 from tests.rewards import functions
@@ -104,7 +104,7 @@ def test_a_raising_reward_is_an_error_naming_it():
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory, tiny_tokenizer):
     """A reward model directory as objective=rm exports it (random backbone, a non-trivial head)."""
-    model = load_reward_model(ModelConfig(), tiny_tokenizer.pad_token_id)
+    model = load_scalar_head_model(ModelConfig(), tiny_tokenizer.pad_token_id)
     with torch.no_grad():
         model.score.weight.normal_(generator=torch.Generator().manual_seed(0))
     out = tmp_path_factory.mktemp("rm")
@@ -116,7 +116,7 @@ def reward_model_dir(tmp_path_factory, tiny_tokenizer):
 def test_reward_model_scores_text_as_it_was_trained(reward_model_dir, tiny_tokenizer):
     prompts = ["What is 1 + 1?", "Reverse the word: apple", "Hi"]
     completions = ["2", "elppa is the answer", ""]
-    scorer = RewardModelScore(ModelRewardConfig(name="model", path=str(reward_model_dir), batch_size=2))
+    scorer = RewardModelScorer(ModelRewardConfig(name="model", path=str(reward_model_dir), batch_size=2))
     # the same sequences objective=rm trains on: chat-templated prompt, completion, EOS
     encoder = Encoder(tiny_tokenizer, max_length=1024)
     seqs = [encoder.sequence(p, c, {}) for p, c in zip(encoder.prompt_ids(prompts), encoder.completion_ids(completions))]
@@ -124,7 +124,7 @@ def test_reward_model_scores_text_as_it_was_trained(reward_model_dir, tiny_token
     scores = scorer(prompts, completions)
     assert scores == pytest.approx(expected.tolist(), abs=1e-5)
     assert len(set(scores)) == 3
-    one_by_one = RewardModelScore(ModelRewardConfig(name="model", path=str(reward_model_dir), batch_size=1))
+    one_by_one = RewardModelScorer(ModelRewardConfig(name="model", path=str(reward_model_dir), batch_size=1))
     assert one_by_one(prompts, completions) == pytest.approx(scores, abs=1e-5)  # batching changes nothing
 
 

@@ -13,7 +13,7 @@ def test_clipped_surrogate_by_hand():
     advantages = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0])
     old_logp = torch.zeros(5)
     logp = rho.log().requires_grad_()
-    losses, clipped = clipped_surrogate(logp, old_logp, advantages, clip=0.2)
+    losses, clipped = clipped_surrogate(logp, old_logp, advantages, clip_low=0.2, clip_high=0.2)
     # L = max(-A * rho, -A * clip(rho, 0.8, 1.2)):
     #   rho 1.5, A +1: max(-1.5, -1.2) = -1.2 (clipped)     rho 1.5, A -1: max(1.5, 1.2) = 1.5
     #   rho 0.5, A +1: max(-0.5, -0.8) = -0.5               rho 0.5, A -1: max(0.5, 0.8) = 0.8 (clipped)
@@ -23,6 +23,16 @@ def test_clipped_surrogate_by_hand():
     # d/dlogp of -A * rho is -A * rho where the unclipped term is taken, 0 where the clipped one is
     losses.sum().backward()
     assert logp.grad.tolist() == pytest.approx([0.0, 1.5, -0.5, 0.0, -2.0])
+
+
+def test_clip_higher_lets_a_positive_advantage_push_the_ratio_further():
+    rho = torch.tensor([1.25, 1.25, 0.75, 0.75])
+    advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    losses, clipped = clipped_surrogate(rho.log(), torch.zeros(4), advantages, clip_low=0.2, clip_high=0.28)
+    # clip(rho, 0.8, 1.28): rho 1.25 is inside the raised upper bound, so A +1 is no longer clipped (-1.25,
+    # where a symmetric 0.2 gives -1.2); rho 0.75 with A -1: max(0.75, 0.8) = 0.8, clipped below as before
+    assert losses.tolist() == pytest.approx([-1.25, 1.25, -0.75, 0.8])
+    assert clipped.tolist() == [0.0, 0.0, 0.0, 1.0]
 
 
 def test_clipped_value_loss_by_hand():
