@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = (
     "rlhf_lab.objectives.kto",
     "rlhf_lab.objectives.ppo",
     "rlhf_lab.objectives.grpo",
+    "rlhf_lab.objectives.online_dpo",
     "rlhf_lab.objectives.rloo",
     "rlhf_lab.rewards.builtin",
     "rlhf_lab.prompting.strategies",
