@@ -246,7 +246,7 @@ class RunConfig:
     eval: Optional[EvalConfig] = None  # evaluation task; during training, None: no evaluation
     self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
     best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)
-    pipeline: Optional[PipelineConfig] = None  # stages run one after another (pipeline=rlhf|dpo); None: one run
+    pipeline: Optional[PipelineConfig] = None  # stages run one after another (pipeline=rlhf|dpo|kto|compare); None: one run
     mode: str = "train"  # train | eval (evaluate `model` on `eval`, no training) | self_instruct (write instruction data) | best_of_n (the lab's best-of-n baseline)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     seed: int = 42
