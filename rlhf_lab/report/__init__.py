@@ -232,7 +232,7 @@ def overoptimization_figure(runs: list[Run]):
     step) and over n for best-of-n (Gao et al. 2022's figure 1)."""
     import matplotlib.pyplot as plt
 
-    fig, gold_ax = plt.subplots(figsize=(6, 4.2), dpi=100)
+    fig, gold_ax = plt.subplots(figsize=(6.4, 5.2), dpi=100)
     proxy_ax = gold_ax.twinx()
     keys = ("kl", "gold_reward", "proxy_reward")
     traced = [(label, _mean_trace(group, keys)) for label, group in methods(runs).items()]
@@ -246,8 +246,8 @@ def overoptimization_figure(runs: list[Run]):
     proxy_ax.set_ylabel("reward model score (dashed)")
     gold_ax.set_title("Reward model over-optimisation", fontsize=9)
     handles = gold_ax.get_legend_handles_labels()[0] + proxy_ax.get_legend_handles_labels()[0]
-    if handles:
-        gold_ax.legend(handles, [h.get_label() for h in handles], fontsize=6, loc="lower right")
+    if handles:  # below the axes: the curves fill them
+        gold_ax.legend(handles, [h.get_label() for h in handles], fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.tight_layout()
     return fig
 

@@ -58,15 +58,16 @@ def test_no_arguments_run_the_default_rlhf_pipeline_and_meet_the_acceptance_figu
 
 
 def test_compare_trains_an_ensemble_stops_on_a_held_out_reward_and_draws_best_of_n(cli):
-    skipped = [f"~pipeline.stages.{stage}" for stage in ("dpo", "online_dpo", "ppo", "grpo", "ppo_b001")]
+    others = ("dpo", "online_dpo", "ppo", "grpo", "ppo_b001", "ppo_ensemble_mean", "ppo_ensemble_uwo")
+    skipped = [f"~pipeline.stages.{stage}" for stage in others]
     result = cli("pipeline=compare", *TINY, "best_of_n.max_n=4", *skipped)
     assert result.returncode == 0, result.output
     run = result.run_dir
     assert [stage_config(run, s).seed for s in ("rm", "rm2", "rm3")] == [42, 43, 44]  # seed_offset: members differ in their seed
-    ensemble = stage_config(run, "ppo_ensemble").reward
+    ensemble = stage_config(run, "ppo_ensemble_min").reward
     assert ensemble.name == "ensemble" and list(ensemble.paths) == [str(run / s / "model") for s in ("rm", "rm2", "rm3")]
     heldout = json.loads((run / "ppo_heldout" / "summary.json").read_text())
     assert {"val/reward_heldout", "val/reward_heldout_best", "early_stop/step"} <= set(heldout)
     curve = [json.loads(line) for line in (run / "bon" / "world_eval.jsonl").read_text().splitlines()]
     assert [c["n"] for c in curve] == [1, 2, 4] and curve[2]["kl"] == pytest.approx(math.log(4) - 3 / 4)
-    assert result.summary["stages"] == ["sft", "rm", "rm2", "rm3", "bon", "ppo_ensemble", "ppo_heldout"]
+    assert result.summary["stages"] == ["sft", "rm", "rm2", "rm3", "bon", "ppo_ensemble_min", "ppo_heldout"]
