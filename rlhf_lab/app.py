@@ -7,8 +7,8 @@ config (value checks) ─► plugins' configure hook ─► resume point (checke
 The end (export, run_end hook, summary) may run again: a run killed after its last checkpoint is
 resumed there and only ends again.
 
-``mode=eval`` and ``mode=self_instruct`` run a standalone entry instead of training, and so does
-``pipeline=<name>`` (its stages are runs of their own); they end the same way.
+``mode=eval``, ``mode=self_instruct`` and ``mode=best_of_n`` run a standalone entry instead of
+training, and so does ``pipeline=<name>`` (its stages are runs of their own); they end the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from rlhf_lab.config import validate
 from rlhf_lab.data.module import DataModule
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, Preempted
+from rlhf_lab.lab.best_of_n import best_of_n
 from rlhf_lab.lab.pipeline import run_pipeline
 from rlhf_lab.models import ModelFactory, fit_to_context, load_tokenizer
 from rlhf_lab.plugins import PluginHost
@@ -49,7 +50,7 @@ from rlhf_lab.training import (
 )
 
 log = logging.getLogger(__name__)
-STANDALONE = {"eval": evaluate_model, "self_instruct": generate_instructions}  # mode -> entry(cfg, host, run_dir) -> summary
+STANDALONE = {"eval": evaluate_model, "self_instruct": generate_instructions, "best_of_n": best_of_n}  # mode -> entry(cfg, host, run_dir) -> summary
 
 
 def run(cfg: DictConfig, host: PluginHost, started: float | None = None) -> dict:
@@ -123,6 +124,6 @@ def run_standalone(cfg: DictConfig, host: PluginHost, run_dir: Path, started: fl
 
 def finish_run(cfg: DictConfig, host: PluginHost, summary: dict, run_dir: Path, started: float) -> None:
     host.call("rlhf_lab_run_end", cfg=cfg, summary=summary, run_dir=run_dir)
-    summary.update(peak_memory(), wall_s=time.perf_counter() - started)
+    summary.update(peak_memory(), wall_s=time.perf_counter() - started, cpu_s=time.process_time())
     write_json_atomic(run_dir / "summary.json", summary)
     log.info("run finished: %s", run_dir)

@@ -201,11 +201,20 @@ class SelfInstructConfig:
 
 
 @dataclass
+class BestOfNConfig:
+    """``mode=best_of_n`` (rlhf_lab/lab/best_of_n.py): the reward model's pick of n samples, n = 1, 2, 4, ..., max_n."""
+
+    max_n: int = 64  # draws per held-out prompt (a power of 2); every smaller n is estimated from them
+    batch_size: int = 4096  # sequences per generation batch
+
+
+@dataclass
 class StageConfig:
     """One stage of a pipeline: a whole run (``python -m rlhf_lab``) in ``<pipeline dir>/<stage>``."""
 
     init: Optional[str] = None  # the earlier stage whose exported model/ this stage starts from; None: `model` as configured
     overrides: List[str] = field(default_factory=list)  # the stage's overrides; "{<stage>}" stands for that stage's directory
+    seed_offset: int = 0  # run this stage with seed = the pipeline's seed + seed_offset (members of an ensemble, trained alike but for their seed)
 
 
 @dataclass
@@ -242,8 +251,9 @@ class RunConfig:
     prompting: Optional[PromptingConfig] = None  # None: zero_shot
     eval: Optional[EvalConfig] = None  # evaluation task; during training, None: no evaluation
     self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
-    pipeline: Optional[PipelineConfig] = None  # stages run one after another (pipeline=rlhf|dpo); None: one run
-    mode: str = "train"  # train | eval (evaluate `model` on `eval`, no training) | self_instruct (write instruction data)
+    best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)
+    pipeline: Optional[PipelineConfig] = None  # stages run one after another (pipeline=rlhf|dpo|kto|compare); None: one run
+    mode: str = "train"  # train | eval (evaluate `model` on `eval`, no training) | self_instruct (write instruction data) | best_of_n (the lab's best-of-n baseline)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     seed: int = 42
     experiment: str = "default"  # experiment name: the W&B group of a single run

@@ -71,7 +71,7 @@ def rlhf_lab_add_datasets(register: Registry) -> None:
 
     ``loader(source_cfg, fmt) -> datasets.Dataset | list[dict]`` returns the rows of one source
     (``source_cfg`` is its ``rlhf_lab.config.SourceConfig``; ``fmt`` is the row format the
-    objective reads: ``sft``, ``preference`` or ``prompt``) in the canonical fields (``prompt``/``completion``, ``messages``, ``prompt``/``chosen``/
+    objective reads: ``sft``, ``preference``, ``prompt`` or ``unpaired``) in the canonical fields (``prompt``/``completion``, ``messages``, ``prompt``/``chosen``/
     ``rejected``, ...), optionally with a ``task`` column. A source selects it with
     ``loader: <name>``; when ``schema`` (a dataclass extending ``rlhf_lab.config.DataConfig``) is
     given, ``data=<name>`` also becomes a Hydra option. Every implementation is called.

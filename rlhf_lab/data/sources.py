@@ -7,6 +7,8 @@ A row format names the canonical fields an objective reads:
 - ``preference``: ``prompt``, ``chosen``, ``rejected`` (text or message lists), or ``prompt`` +
   ``ranked``: a list of k >= 2 distinct responses, best first (it stands for all k(k-1)/2 pairs)
 - ``prompt``: ``prompt`` (online RL; extra columns such as ``answer`` are kept)
+- ``unpaired``: ``prompt``, ``completion`` and ``label``, true (desirable) or false (undesirable):
+  binary feedback on single completions (KTO)
 
 Public layouts are converted into these (``converter``, or detected as TRL detects them: ShareGPT
 turns, preference pairs whose prompt is their shared beginning).
@@ -35,6 +37,7 @@ FORMATS = {
     "sft": (("prompt", "completion"), ("messages",), ("text",)),
     "preference": (("prompt", "chosen", "rejected"), ("prompt", "ranked")),
     "prompt": (("prompt",),),
+    "unpaired": (("prompt", "completion", "label"),),
 }
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -367,6 +370,9 @@ def row_problem(row: dict, fmt: str) -> str | None:
         elif f == "ranked":
             if problem := _ranked_problem(value):
                 return problem
+        elif f == "label":
+            if not isinstance(value, bool):
+                return f"field 'label' must be true or false, got {value!r}"
         elif f == "text":
             if not _is_text(value):
                 return "field 'text' is empty" if isinstance(value, str) else f"field 'text' must be text, got {type(value).__name__}"

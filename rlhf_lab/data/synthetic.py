@@ -70,7 +70,7 @@ PREFERENCE_TASKS: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
 
 
 def generate(fmt: str, num_rows: int, seed: int = 0, tasks: list[str] | None = None) -> list[dict]:
-    """``num_rows`` rows of format ``fmt`` (sft | preference | prompt), tasks in round robin."""
+    """``num_rows`` rows of format ``fmt`` (sft | preference | prompt | unpaired), tasks in round robin."""
     names = list(tasks or TASKS)
     rng = random.Random(seed)
     rows = []
@@ -83,6 +83,9 @@ def generate(fmt: str, num_rows: int, seed: int = 0, tasks: list[str] | None = N
             rows.append({"prompt": prompt, "chosen": answer, "rejected": wrong, "task": task})
         elif fmt == "prompt":
             rows.append({"prompt": prompt, "answer": answer, "task": task})
+        elif fmt == "unpaired":  # the right answer (desirable) and the wrong one (undesirable) by turns
+            desirable = i % 2 == 0
+            rows.append({"prompt": prompt, "completion": answer if desirable else wrong, "label": desirable, "task": task})
         else:
             raise ValueError(f"unknown row format {fmt!r}")
     return rows

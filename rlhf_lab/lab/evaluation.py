@@ -5,8 +5,8 @@ test-split prompt from the policy before training (from the initial model, which
 reference), every ``data.eval_every_n_steps`` steps and at the end, and reports under ``world/``:
 
 - ``gold_reward``: mean gold reward of the samples (``rlhf_lab.lab.world.gold_reward``);
-- ``proxy_reward``: mean score of a learned reward model (the run's ``reward=model`` or
-  ``data.proxy_model``), when there is one;
+- ``proxy_reward``: mean score of a learned reward model (the run's ``reward=model``, the
+  aggregate of its ``reward=ensemble``, or ``data.proxy_model``), when there is one;
 - ``kl``: KL(pi || pi_ref) per completion, estimated with k1 on the samples:
   mean over y ~ pi of sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)];
 - ``win_rate``: share of prompts where the policy's sample has a higher gold reward than the
@@ -27,26 +27,31 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rlhf_lab.data.collate import pad_collate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.lab import world
 from rlhf_lab.models import eval_mode, frozen, load_causal_lm
 from rlhf_lab.objectives.rm import sequence_rewards
+from rlhf_lab.rewards.ensemble import EnsembleScore
 from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps
-from rlhf_lab.rollout.generation import HFGenerator, Sampling
+from rlhf_lab.rollout.generation import Sampling, sample_texts
 from rlhf_lab.training.checkpoints import write_atomic
 
 EVAL_SEED = 2024  # every evaluation samples with the same seed, outside the training RNG streams
 
 
-def proxy_model_path(cfg: DictConfig) -> str | None:
+def proxy_scorer(cfg: DictConfig) -> torch.nn.Module | None:
+    """The learned reward scored as ``world/proxy_reward``: ``data.proxy_model``, else the run's
+    reward model (``reward=model``) or reward-model ensemble (``reward=ensemble``, its aggregate)."""
     if cfg.data.get("proxy_model"):
-        return cfg.data.proxy_model
+        return RewardModelScorer(ModelRewardConfig(path=cfg.data.proxy_model))
     if cfg.reward is not None and cfg.reward.name == "model":
-        return cfg.reward.path
+        return RewardModelScorer(ModelRewardConfig(path=cfg.reward.path))
+    if cfg.reward is not None and cfg.reward.name == "ensemble":
+        return EnsembleScore(cfg.reward)
     return None
 
 
@@ -77,8 +82,9 @@ class WorldEvaluation(L.Callback):
         rows = world.generate("prompt", self.data.eval_prompts, seed=self.data.generator_seed, split="test")
         self.prompts = [row["prompt"] for row in rows]
         self.prompt_ids = Encoder(pl_module.tokenizer, self.data.max_length).prompt_ids(self.prompts)
-        path = proxy_model_path(self.cfg)
-        self.proxy = RewardModelScorer(OmegaConf.structured(ModelRewardConfig(path=path))).to(pl_module.device) if path else None
+        self.proxy = proxy_scorer(self.cfg)
+        if self.proxy is not None:
+            self.proxy.to(pl_module.device)
         # A fresh copy of the initial weights, not the policy: on a resumed run the policy has moved.
         self.reference = frozen(load_causal_lm(self.cfg.model, lora=False)).to(pl_module.device)
         completions, texts = self._sample(self.reference, pl_module)
@@ -101,12 +107,8 @@ class WorldEvaluation(L.Callback):
 
     # --- policy ---------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def _sample(self, model, pl_module) -> tuple[list[list[int]], list[str]]:
-        seeds = [EVAL_SEED + i for i in range(len(self.prompt_ids))]  # the same draws at every evaluation
-        with eval_mode(model):
-            completions = HFGenerator(model, pl_module.tokenizer).generate(self.prompt_ids, self.sampling, seeds).ids
-        return completions, pl_module.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return sample_texts(model, pl_module.tokenizer, self.prompt_ids, self.sampling, EVAL_SEED)  # the same draws at every evaluation
 
     @torch.no_grad()
     def _sequence_logps(self, model, completions: list[list[int]], pl_module) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Pipelines (``pipeline=rlhf``, ``pipeline=dpo``): stages that each run ``python -m rlhf_lab`` in a
-subprocess, in ``<pipeline dir>/<stage>/``, so DDP, failures and ``resume=auto`` work as in any run.
+"""Pipelines (``pipeline=rlhf``, ``dpo``, ``kto``, ``compare``): stages that each run
+``python -m rlhf_lab`` in a subprocess, in ``<pipeline dir>/<stage>/``, so DDP, failures and
+``resume=auto`` work as in any run.
 
 A stage with a ``summary.json`` is done and skipped: a re-run of the pipeline (``resume=auto
 hydra.run.dir=<pipeline dir>``) continues from the first unfinished stage, which itself continues
@@ -8,6 +9,7 @@ from its newest checkpoint. A failed stage stops the pipeline. A stage's command
     its overrides from conf/pipeline/<name>.yaml ("{rm}" = the rm stage's directory)
     + the pipeline's own command-line overrides (``objective.*`` go to the last stage only)
     + model=hf model.name_or_path=<init stage>/model   when the stage starts from an earlier one
+    + seed=<the pipeline's seed + seed_offset>          when the stage sets a seed_offset
     + experiment=<one W&B group for the whole pipeline> resume=auto hydra.run.dir=<stage dir>
 """
 
@@ -39,7 +41,8 @@ def stage_command(cfg: DictConfig, run_dir: Path, name: str, group: str, cli_ove
     passed = [o for o in cli_overrides if name == last or not o.lstrip("+~").startswith("objective")]
     init = stages[name].init
     start = ["model=hf", f"model.name_or_path={run_dir / init / 'model'}"] if init else []
-    return [sys.executable, "-m", "rlhf_lab", *own, *passed, *start, f"experiment={group}", "resume=auto", f"hydra.run.dir={dirs[name]}"]
+    seed = [f"seed={cfg.seed + stages[name].seed_offset}"] if stages[name].seed_offset else []
+    return [sys.executable, "-m", "rlhf_lab", *own, *passed, *start, *seed, f"experiment={group}", "resume=auto", f"hydra.run.dir={dirs[name]}"]
 
 
 def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
@@ -73,13 +76,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
 def describe(summary: dict) -> str:
     """What the pipeline did to the gold reward, stage by stage, as a small table."""
     lines = [f"pipeline {summary['pipeline']}: gold reward on held-out prompts (KL: k1 to the stage's initial model, per completion)"]
-    lines.append(f"  {'stage':<8}{'gold before':>12}{'gold after':>12}{'KL':>8}{'win rate':>10}{'proxy':>8}{'RM acc':>8}{'Bayes':>8}")
+    width = max(8, *(len(stage) + 1 for stage in summary["stages"]))
+    lines.append(f"  {'stage':<{width}}{'gold before':>12}{'gold after':>12}{'KL':>8}{'win rate':>10}{'proxy':>8}{'RM acc':>8}{'Bayes':>8}")
     for stage in summary["stages"]:
         def fig(key: str, prefix: str = "world") -> str:
             value = summary.get(f"{stage}/{prefix}/{key}")
             return f"{value:.3f}" if value is not None else "-"
 
-        lines.append(f"  {stage:<8}{fig('gold_reward', 'world_initial'):>12}{fig('gold_reward'):>12}{fig('kl'):>8}"
+        lines.append(f"  {stage:<{width}}{fig('gold_reward', 'world_initial'):>12}{fig('gold_reward'):>12}{fig('kl'):>8}"
                      f"{fig('win_rate'):>10}{fig('proxy_reward'):>8}{fig('rm_accuracy'):>8}{fig('bayes_accuracy'):>8}")  # fmt: skip
     last = summary["stages"][-1]
     before, after = summary.get(f"{last}/world_initial/gold_reward"), summary.get(f"{last}/world/gold_reward")

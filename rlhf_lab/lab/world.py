@@ -21,6 +21,9 @@ validation / test, so held-out prompts name unseen subjects):
 - ``preference`` rows: two such completions for one prompt, the chosen one drawn from the
   Bradley-Terry model on the gold reward, P(a > b) = sigmoid((gold(a) - gold(b)) / temperature);
 - ``prompt`` rows: prompts for online RL, with their ``subject``;
+- ``unpaired`` rows: single completions labelled desirable or not (thumbs up / down, for KTO):
+  the completions of the preference pairs, each labelled from its pair (``feedback="paired"``)
+  or on its own from the gold reward (``feedback="unpaired"``, ``desirable_probability``);
 - the ``arith`` task: multi-step arithmetic with worked steps (``arith_row``), for comparing
   prompting strategies on a model taught the habits they rely on (see ``ARITH_HABITS``); its
   ``test_long`` split asks problems with more operations than any in training.
@@ -116,6 +119,30 @@ def preference_row(subject: str, rng: random.Random, temperature: float) -> dict
     a_wins = rng.random() < preference_probability(gold_a, gold_b, temperature)
     chosen, rejected = (a, b) if a_wins else (b, a)
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "subject": subject}
+
+
+def desirable_probability(gold: float, temperature: float) -> float:
+    """A thumbs up on one completion: Bradley-Terry against a typical answer, one of gold 0 (the mean
+    of the SFT distribution), with the pairs' noise: P(desirable) = sigmoid(gold / temperature)."""
+    return preference_probability(gold, 0.0, temperature)
+
+
+def unpaired_rows(num_rows: int, seed: int, split: str, temperature: float, feedback: str) -> list[dict]:
+    """``num_rows`` labelled completions: both completions of each of the first num_rows / 2 preference
+    rows of the same arguments, so that n unpaired rows judge exactly the completions that n / 2
+    pairs judge (the same labelling budget, counted in completions read). ``feedback`` "paired":
+    chosen is desirable and rejected is not (how the KTO paper and TRL's unpair_preference_dataset
+    turn pairs into labels); "unpaired": each completion labelled on its own, desirable with
+    probability ``desirable_probability`` of its gold reward."""
+    if feedback not in ("paired", "unpaired"):
+        raise ValueError(f"feedback must be paired or unpaired; got {feedback!r}")
+    rng = random.Random(f"{seed}:{split}:describe:unpaired")
+    rows = []
+    for pair in generate("preference", -(-num_rows // 2), seed=seed, split=split, temperature=temperature):
+        for completion, chosen in ((pair["chosen"], True), (pair["rejected"], False)):
+            label = chosen if feedback == "paired" else rng.random() < desirable_probability(gold_reward(completion), temperature)
+            rows.append({"prompt": pair["prompt"], "completion": completion, "label": label, "subject": pair["subject"]})
+    return rows[:num_rows]
 
 
 COT_TRIGGER = "Let's think step by step."  # prompting=cot's default trigger
@@ -230,9 +257,11 @@ def _arith_habit(habit: str, row: dict, rng: random.Random) -> dict:
     return {"prompt": f"{cot_prompt} {wrong} Feedback: {critique(question, wrong)} Revised:", "completion": right}
 
 
-def generate(fmt: str, num_rows: int, seed: int = 0, split: str = "train", temperature: float = 0.25, task: str = "describe") -> list[dict]:
-    """``num_rows`` rows of format ``fmt`` (sft | preference | prompt) from ``split``; the same
-    arguments give the same rows. ``task``: describe (the gold-reward task) | arith (reasoning)."""
+def generate(fmt: str, num_rows: int, seed: int = 0, split: str = "train", temperature: float = 0.25, task: str = "describe",
+             feedback: str = "paired") -> list[dict]:  # fmt: skip
+    """``num_rows`` rows of format ``fmt`` (sft | preference | prompt | unpaired) from ``split``; the
+    same arguments give the same rows. ``task``: describe (the gold-reward task) | arith (reasoning).
+    ``feedback``: how unpaired rows are labelled (``unpaired_rows``)."""
     rng = random.Random(f"{seed}:{split}:{task}:{fmt}")
     if task == "arith":
         if split not in ARITH_OPERATIONS:
@@ -240,6 +269,8 @@ def generate(fmt: str, num_rows: int, seed: int = 0, split: str = "train", tempe
         return [_arith(fmt, arith_row(rng, ARITH_OPERATIONS[split]), i, rng) for i in range(num_rows)]
     if task != "describe":
         raise ValueError(f"task must be describe or arith; got {task!r}")
+    if fmt == "unpaired":
+        return unpaired_rows(num_rows, seed, split, temperature, feedback)
     pool = subjects(split, seed)
     rows = []
     for _ in range(num_rows):

@@ -51,7 +51,7 @@ def fusable(param: torch.Tensor) -> bool:
 
 
 class Objective(L.LightningModule):
-    data_format: ClassVar[str] = "sft"  # rows read: sft | preference | prompt
+    data_format: ClassVar[str] = "sft"  # rows read: sft | preference | prompt | unpaired
 
     def __init__(self, cfg: ObjectiveConfig, *, models: ModelFactory, tokenizer: PreTrainedTokenizerBase, optim: OptimConfig):
         super().__init__()

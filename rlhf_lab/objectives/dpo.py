@@ -43,15 +43,21 @@ REFERENCES = ("precompute", "live")
 
 
 @dataclass
-class DPOConfig(ObjectiveConfig):
+class ReferenceConfig(ObjectiveConfig):
+    """What every objective of a policy against a frozen reference shares (DPO, KTO)."""
+
+    reference: str = "precompute"  # precompute: score the data once before training, cached on disk | live: score every batch
+    ref_cache_dir: str = ""  # where precomputed reference log-probs are kept; "" = $RLHF_LAB_CACHE/ref_logps (default ~/.cache/rlhf_lab)
+    disable_dropout: bool = True  # dropout makes pi and pi_ref disagree on the same weights (as TRL, off by default)
+
+
+@dataclass
+class DPOConfig(ReferenceConfig):
     beta: float = 0.1  # strength of the pull toward the reference; scales the implicit reward
     loss: str = "sigmoid"  # sigmoid | ipo | cdpo | hinge | simpo (rlhf_lab/objectives/losses.py)
     label_smoothing: float = 0.1  # cdpo only: eps, the assumed probability that a preference label is flipped
     gamma: float = 0.5  # simpo only: target margin between length-normalised rewards
-    reference: str = "precompute"  # precompute: score the data once before training, cached on disk | live: score every batch
-    ref_cache_dir: str = ""  # where precomputed reference log-probs are kept; "" = $RLHF_LAB_CACHE/ref_logps (default ~/.cache/rlhf_lab)
     nll_coef: float = 0.0  # alpha: adds alpha * NLL(chosen) (per token) to every pair's loss, RPO (https://arxiv.org/abs/2404.19733; TRL's rpo_alpha); 0: off
-    disable_dropout: bool = True  # dropout makes pi and pi_ref disagree on the same weights (as TRL, off by default)
 
 
 def model_fingerprint(cfg: ModelConfig) -> dict:
@@ -78,19 +84,23 @@ class DPO(Objective):
 
     def __init__(self, cfg: DPOConfig, **kwargs):
         super().__init__(cfg, **kwargs)
-        if cfg.loss not in PREFERENCE_LOSSES:
-            raise ConfigError(f"objective.loss must be one of {', '.join(PREFERENCE_LOSSES)}; got '{cfg.loss}'.")
         if cfg.reference not in REFERENCES:
             raise ConfigError(f"objective.reference must be one of {', '.join(REFERENCES)}; got '{cfg.reference}'.")
-        self.loss_fn = PREFERENCE_LOSSES[cfg.loss]
-        self.loss_kwargs = dict(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma)
-        self.uses_reference = cfg.loss not in REFERENCE_FREE
+        self.uses_reference = self.configure_loss(cfg)
         self.lora = self.models.cfg.lora.r > 0
         self.policy = self.models.policy()
         if cfg.disable_dropout:
             disable_dropout(self.policy)
         live_copy = self.uses_reference and cfg.reference == "live" and not self.lora
         self.reference = self.models.reference() if live_copy else None
+
+    def configure_loss(self, cfg: DPOConfig) -> bool:
+        """Choose the loss from the config; returns whether it reads pi_ref (a subclass's own loss: KTO)."""
+        if cfg.loss not in PREFERENCE_LOSSES:
+            raise ConfigError(f"objective.loss must be one of {', '.join(PREFERENCE_LOSSES)}; got '{cfg.loss}'.")
+        self.loss_fn = PREFERENCE_LOSSES[cfg.loss]
+        self.loss_kwargs = dict(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma)
+        return cfg.loss not in REFERENCE_FREE
 
     @classmethod
     def encode(cls, encoder: Encoder, rows: list[dict]) -> list[dict]:
@@ -113,9 +123,10 @@ class DPO(Objective):
         return self.sequence_logps(reference if reference is not None else self.reference, batch)[0]
 
     def precompute_reference(self, features: list[dict], collate, batch_size: int) -> torch.Tensor:
-        """(num_features, 2) reference log-probs of (chosen, rejected) for every pair, from the
-        on-disk cache when this model has scored these exact tokens before. With several
-        processes each scores every world_size-th pair and the results are gathered."""
+        """(num_features, 2) reference log-probs of each feature's two sequences (chosen and
+        rejected; KTO: matched and mismatched), from the on-disk cache when this model has scored
+        these exact tokens before. With several processes each scores every world_size-th pair
+        and the results are gathered."""
         path = reference_cache_path(self.cfg.ref_cache_dir, self.models.cfg, features)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
         remove_stale_tmp(path.parent, only_dead_writers=True)  # left by a run killed while writing the cache

@@ -110,6 +110,39 @@ def simpo(lp: PreferenceLogps, *, beta: float, gamma: float, **_) -> Losses:
     return -F.logsigmoid(r_chosen - r_rejected - gamma), r_chosen.detach(), r_rejected.detach()
 
 
+def kto_reference_point(mismatched_logratio: Tensor) -> Tensor:
+    """KTO's reference point z0 (https://arxiv.org/abs/2402.01306, sec. 4.1), a scalar:
+
+        z0 = max(0, mean_i [log pi(y'_i|x_i) - log pi_ref(y'_i|x_i)])
+
+    over mismatched pairs (x_i, y'_i): a prompt with another row's completion, so that the mean
+    estimates KL(pi(y'|x) || pi_ref(y'|x)) on answers that do not answer x. It is detached (the
+    paper does not back-propagate through z0) and clamped at 0, as the paper and TRL's KTOTrainer.
+    """
+    return mismatched_logratio.detach().mean().clamp(min=0)
+
+
+def kto(logratio: Tensor, desirable: Tensor, z0: Tensor, *, beta: float, desirable_weight: float = 1.0,
+        undesirable_weight: float = 1.0) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """KTO, Ethayarajh et al. 2024, https://arxiv.org/abs/2402.01306, eq. 8, for unpaired binary
+    feedback (each completion labelled desirable or undesirable on its own):
+
+        r(x, y) = log pi(y|x) - log pi_ref(y|x)
+        v(x, y) = lambda_D * sigma(beta * (r(x, y) - z0))   if y is desirable
+                  lambda_U * sigma(beta * (z0 - r(x, y)))   if y is undesirable
+        L       = lambda_y - v(x, y)
+
+    with z0 from ``kto_reference_point``, lambda_D = ``desirable_weight``, lambda_U =
+    ``undesirable_weight`` (the paper: lambda_D n_D / (lambda_U n_U) in [1, 4/3]).
+    ``logratio`` (B,) is r(x, y), ``desirable`` (B,) bool. Returns (per-row losses, implicit
+    rewards beta * r(x, y)), each (B,).
+    """
+    sign = desirable.float() * 2 - 1  # (B,) +1 desirable, -1 undesirable
+    weight = torch.where(desirable, desirable_weight, undesirable_weight)  # (B,) lambda_y
+    losses = weight * (1 - torch.sigmoid(beta * sign * (logratio - z0)))  # (B,) lambda_y - v(x, y)
+    return losses, beta * logratio.detach()
+
+
 PREFERENCE_LOSSES: dict[str, Callable[..., Losses]] = {
     "sigmoid": dpo_sigmoid,
     "ipo": ipo,

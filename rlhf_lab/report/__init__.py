@@ -12,11 +12,17 @@
 Runs evaluated on the gold-reward world (``world/*`` in their summary.json, see
 ``rlhf_lab.lab.evaluation``) add:
 
-- ``frontier.png``: gold reward against KL to the reference for each objective and beta, beside
-  the SFT policy's gold reward (the reward / KL frontier of the DPO paper's Figure 2);
-- ``overoptimization.png``: gold and proxy (reward model) reward against KL through each PPO run,
-  from its evaluations during training (reward model over-optimisation, Gao et al. 2022);
+- ``frontier.png``: gold reward against KL to the reference for each method and beta, beside
+  the SFT policy's gold reward (the reward / KL frontier of the DPO paper's Figure 2), with
+  best-of-n (``mode=best_of_n``) as a curve over n;
+- ``overoptimization.png``: gold and proxy (reward model) reward against KL through each run
+  evaluated during training, and over n for best-of-n (reward model over-optimisation, Gao et al. 2022);
 - the same figures as tables in ``report.md``.
+
+A *method* is a pipeline stage (or the objective of a single run) with its beta and whatever else
+its job's sweep varies, except the seed: the jobs of a ``seed=1,2,3`` sweep are one method's
+seeds. Figures and the methods table show means over seeds with 95% intervals, and the report
+says which differences in gold reward are within the noise (Welch's t-test, ``rlhf_lab.report.stats``).
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rlhf_lab.errors import ConfigError, RlhfLabError
+from rlhf_lab.report.stats import Spread, welch
 from rlhf_lab.sweep import Job, best_jobs, check_metrics, collect_jobs, job_config_sweep, objectives, sweep_rows, swept_keys
 
 # Summary keys shown in report.md (jobs.csv has every numeric key): exact, or a suffix after "/".
+NOISE_ALPHA = 0.05  # a difference with Welch's p at or above this is "within the noise"
 HEADLINE = ("train/loss", "val/loss", "world/gold_reward", "world/kl", "world/win_rate", "world/rm_accuracy", "wall_s")
 
 
@@ -47,17 +55,30 @@ class Run:
     beta: float | None
     summary: dict
     trace: list[dict] = field(default_factory=list)  # world_eval.jsonl: one evaluation per line
+    family: str = ""  # the method without its beta: a pipeline stage's name (or the objective) and the job's swept settings
 
     @property
     def label(self) -> str:
-        return self.objective if self.beta is None else f"{self.objective} beta={self.beta:g}"
+        name = self.family or self.objective
+        return name if self.beta is None else f"{name} beta={self.beta:g}"
 
     def world(self, key: str, prefix: str = "world") -> float | None:
         return self.summary.get(f"{prefix}/{key}")
 
 
+def _family(run_dir: Path, objective: str, jobs: list[Job], swept: list[str]) -> str:
+    """A pipeline stage's name (``ppo_ensemble``) or the objective, and the settings its job's sweep
+    varies other than the seed, the pipeline and beta (``data.feedback=unpaired``)."""
+    job = next((j for j in jobs if j.path == run_dir or j.path in run_dir.parents), None)
+    name = run_dir.name if job is not None and job.path != run_dir else objective
+    varied = [f"{k}={job.overrides[k]}" for k in swept if job is not None and k in job.overrides]
+    return " ".join([name, *varied])
+
+
 def collect_runs(root: Path) -> list[Run]:
     """Every run under ``root`` (itself included) with a summary.json holding world metrics."""
+    jobs = collect_jobs(root)
+    swept = [k for k in swept_keys(jobs) if k.lstrip("+~") not in ("seed", "objective.beta") and not k.lstrip("+~").startswith(("pipeline", "hydra"))]
     runs = []
     for summary_path in sorted(Path(root).rglob("summary.json")):
         summary = json.loads(summary_path.read_text())
@@ -66,10 +87,10 @@ def collect_runs(root: Path) -> list[Run]:
         run_dir = summary_path.parent
         config = OmegaConf.load(run_dir / ".hydra" / "config.yaml") if (run_dir / ".hydra" / "config.yaml").exists() else {}
         objective = summary.get("objective") or OmegaConf.select(config, "objective.name", default="?")
-        beta = OmegaConf.select(config, "objective.beta", default=None) if config else None
+        beta = OmegaConf.select(config, "objective.beta", default=None) if config and objective != "best_of_n" else None
         trace_path = run_dir / "world_eval.jsonl"
         trace = [json.loads(line) for line in trace_path.read_text().splitlines()] if trace_path.exists() else []
-        runs.append(Run(run_dir, objective, beta, summary, trace))
+        runs.append(Run(run_dir, objective, beta, summary, trace, _family(run_dir, objective, jobs, swept)))
     return runs
 
 
@@ -79,13 +100,33 @@ def policy_runs(runs: list[Run]) -> list[Run]:
     return [r for r in runs if r.world("kl") is not None and r.objective != "sft"]
 
 
+def methods(runs: list[Run]) -> dict[str, list[Run]]:
+    """Policy runs grouped by method (family and beta): the seeds of one method, in label order."""
+    groups: dict[str, list[Run]] = {}
+    for r in sorted(policy_runs(runs), key=lambda r: (r.family, r.beta or 0.0)):
+        groups.setdefault(r.label, []).append(r)
+    return groups
+
+
+def spread(group: list[Run], key: str, prefix: str = "world") -> Spread | None:
+    values = [r.world(key, prefix) if prefix else r.summary.get(key) for r in group]
+    values = [v for v in values if v is not None]
+    return Spread.of(values) if values else None
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _pm(s: Spread | None, digits: int = 3) -> str:
+    if s is None:
+        return "-"
+    return f"{s.mean:.{digits}f} ± {s.half_width:.{digits}f}" if s.n > 1 else f"{s.mean:.{digits}f}"
+
+
 def markdown_table(runs: list[Run], root: Path) -> str:
     lines = []
-    policies = sorted(policy_runs(runs), key=lambda r: (r.objective, r.beta or 0.0))
+    policies = sorted(policy_runs(runs), key=lambda r: (r.family, r.beta or 0.0, r.path.as_posix()))
     if policies:
         lines += [
             "| run | objective | beta | gold (SFT) | gold | KL | win rate vs SFT | proxy | fluent |",
@@ -97,6 +138,7 @@ def markdown_table(runs: list[Run], root: Path) -> str:
                 f"| {_fmt(r.world('gold_reward', 'world_initial'))} | {_fmt(r.world('gold_reward'))} | {_fmt(r.world('kl'))} "
                 f"| {_fmt(r.world('win_rate'))} | {_fmt(r.world('proxy_reward'))} | {_fmt(r.world('fluent'))} |"
             )
+        lines += ["", methods_markdown(runs)]
     reward_models = [r for r in runs if r.world("rm_accuracy") is not None]
     if reward_models:
         lines += ["", "| reward model | held-out accuracy | Bayes-optimal accuracy |", "|---|---|---|"]
@@ -104,49 +146,108 @@ def markdown_table(runs: list[Run], root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def methods_markdown(runs: list[Run]) -> str:
+    """Each method's mean over its seeds with the 95% interval of the mean (t, n - 1 degrees of
+    freedom), and which differences in gold reward are within the noise (Welch's t-test)."""
+    groups = methods(runs)
+    lines = [
+        "Methods over seeds: mean ± half-width of the 95% interval of the mean (Student's t, n - 1 degrees of freedom); "
+        "best-of-n at its largest n; CPU s: the run's own process time.",
+        "",
+        "| method | seeds | gold | KL | win rate vs SFT | proxy | fluent | CPU s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, group in groups.items():
+        lines.append(f"| {label} | {len(group)} | {_pm(spread(group, 'gold_reward'))} | {_pm(spread(group, 'kl'), 2)} "
+                     f"| {_pm(spread(group, 'win_rate'))} | {_pm(spread(group, 'proxy_reward'))} | {_pm(spread(group, 'fluent'))} "
+                     f"| {_pm(spread(group, 'cpu_s', prefix=''), 0)} |")  # fmt: skip
+    seeded = {label: [r.world("gold_reward") for r in group] for label, group in groups.items() if len(group) > 1}
+    if len(seeded) > 1:
+        lines += [
+            "",
+            "Differences in gold reward, Welch's two-sided t-test over seeds (no equal-variance assumption); "
+            f"'within the noise' when p >= {NOISE_ALPHA}. With 3 seeds only large differences can show.",
+            "",
+            "| method A | method B | gold A - B | p | |",
+            "|---|---|---|---|---|",
+        ]
+        names = list(seeded)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                _, _, p = welch(seeded[a], seeded[b])
+                diff = sum(seeded[a]) / len(seeded[a]) - sum(seeded[b]) / len(seeded[b])
+                lines.append(f"| {a} | {b} | {diff:+.3f} | {p:.3f} | {'within the noise' if p >= NOISE_ALPHA else 'different'} |")
+    return "\n".join(lines)
+
+
+def _mean_trace(group: list[Run], keys: tuple[str, ...]) -> list[dict]:
+    """The runs' evaluations averaged over seeds, step by step (the steps every run has)."""
+    by_step: dict[int, list[dict]] = {}
+    for r in group:
+        for t in r.trace:
+            if all(k in t for k in keys):
+                by_step.setdefault(t["step"], []).append(t)
+    return [{k: sum(t[k] for t in ts) / len(ts) for k in keys} for step, ts in sorted(by_step.items()) if len(ts) == len(group)]
+
+
 def frontier_figure(runs: list[Run]):
-    """Gold reward against KL, one colour per objective, each point labelled with its beta."""
+    """Gold reward against KL: one colour per method family, each point a method's mean over seeds
+    with its 95% intervals on both axes (labelled with its beta); best-of-n as a curve over n."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
-    policies = policy_runs(runs)
-    for objective in sorted({r.objective for r in policies}):
-        points = sorted((r.world("kl"), r.world("gold_reward"), r.beta) for r in policies if r.objective == objective)
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o", label=objective)
-        for kl, gold, beta in points:
-            if beta is not None:
-                ax.annotate(f"{beta:g}", (kl, gold), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    starts = [r.world("gold_reward", "world_initial") for r in policies if r.world("gold_reward", "world_initial") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
+    groups = methods(runs)
+    families = sorted({g[0].family for g in groups.values()})
+    for i, family in enumerate(families):
+        colour, first = f"C{i}", True
+        for group in (g for g in groups.values() if g[0].family == family):
+            if group[0].objective == "best_of_n":
+                curve = _mean_trace(group, ("n", "kl", "gold_reward"))
+                ax.plot([c["kl"] for c in curve], [c["gold_reward"] for c in curve], "-^", color=colour, markersize=4, label=family)
+                for c in curve:
+                    ax.annotate(f"n={c['n']:g}", (c["kl"], c["gold_reward"]), textcoords="offset points", xytext=(3, -9), fontsize=6, color=colour)
+                continue
+            kl, gold = spread(group, "kl"), spread(group, "gold_reward")
+            ax.errorbar(kl.mean, gold.mean, xerr=kl.half_width, yerr=gold.half_width, fmt="o", color=colour, capsize=2, markersize=4,
+                        label=family if first else None)  # fmt: skip
+            first = False
+            if group[0].beta is not None:
+                ax.annotate(f"{group[0].beta:g}", (kl.mean, gold.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    starts = [r.world("gold_reward", "world_initial") for r in policy_runs(runs) if r.objective != "best_of_n"]
+    starts = [s for s in starts if s is not None]
     if starts:
         ax.axhline(sum(starts) / len(starts), color="grey", linestyle="--", linewidth=1, label="SFT")
     ax.set_xlabel("KL(policy || reference) per completion (nats)")
     ax.set_ylabel("gold reward (held-out prompts)")
-    ax.set_title("Reward / KL frontier (labels: beta)")
-    ax.legend(fontsize=8)
+    seeds = max((len(g) for g in groups.values()), default=1)
+    ax.set_title("Reward / KL frontier" + (f" (mean of {seeds} seeds, 95% intervals)" if seeds > 1 else "") + "; labels: beta", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def overoptimization_figure(runs: list[Run]):
-    """Gold reward (left axis) and the reward model's score (right axis) against KL through each
-    run that optimised a learned reward (one with proxy_reward in its evaluations)."""
+    """Gold reward (left axis, solid) and the optimised reward model's score (right axis, dashed)
+    against KL: through each run evaluated at least 3 times with a proxy (mean over seeds, step by
+    step) and over n for best-of-n (Gao et al. 2022's figure 1)."""
     import matplotlib.pyplot as plt
 
-    fig, gold_ax = plt.subplots(figsize=(5, 3.6), dpi=100)
+    fig, gold_ax = plt.subplots(figsize=(6.4, 5.2), dpi=100)
     proxy_ax = gold_ax.twinx()
-    for i, run in enumerate(r for r in runs if any("proxy_reward" in t for t in r.trace)):
-        trace = [t for t in run.trace if "proxy_reward" in t]
-        kl = [t["kl"] for t in trace]
+    keys = ("kl", "gold_reward", "proxy_reward")
+    traced = [(label, _mean_trace(group, keys)) for label, group in methods(runs).items()]
+    for i, (label, trace) in enumerate((label, t) for label, t in traced if len(t) >= 3):
         colour = f"C{i}"
-        gold_ax.plot(kl, [t["gold_reward"] for t in trace], "-o", color=colour, markersize=3, label=f"{run.label}: gold")
-        proxy_ax.plot(kl, [t["proxy_reward"] for t in trace], "--s", color=colour, markersize=3, label=f"{run.label}: proxy")
+        kl = [t["kl"] for t in trace]
+        gold_ax.plot(kl, [t["gold_reward"] for t in trace], "-o", color=colour, markersize=3, label=f"{label}: gold")
+        proxy_ax.plot(kl, [t["proxy_reward"] for t in trace], "--s", color=colour, markersize=3, label=f"{label}: proxy")
     gold_ax.set_xlabel("KL(policy || reference) per completion (nats)")
     gold_ax.set_ylabel("gold reward (solid)")
     proxy_ax.set_ylabel("reward model score (dashed)")
-    gold_ax.set_title("Reward model over-optimisation")
+    gold_ax.set_title("Reward model over-optimisation", fontsize=9)
     handles = gold_ax.get_legend_handles_labels()[0] + proxy_ax.get_legend_handles_labels()[0]
-    if handles:
-        gold_ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="lower right")
+    if handles:  # below the axes: the curves fill them
+        gold_ax.legend(handles, [h.get_label() for h in handles], fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.tight_layout()
     return fig
 

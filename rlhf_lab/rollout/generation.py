@@ -22,7 +22,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.models import unwrap
+from rlhf_lab.models import eval_mode, unwrap
 
 
 @dataclass
@@ -125,6 +125,18 @@ class HFGenerator:
         ids = [cut_at_eos(row, self.eos_id) for row in tokens[:, : t + 1].tolist()]
         width = max(map(len, ids))
         return Completions(ids, logps[:, :width], entropy[:, :width])
+
+
+@torch.no_grad()
+def sample_texts(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], sampling: Sampling,
+                 seed: int) -> tuple[list[list[int]], list[str]]:  # fmt: skip
+    """One completion per prompt from ``model`` in eval mode (no dropout), completion i from seed
+    ``seed + i``, so an evaluation draws the same samples every time, apart from any training
+    random stream: token ids and text. The one place where evaluations (the lab's, best-of-n,
+    held-out early stopping) generate."""
+    with eval_mode(model):
+        completions = HFGenerator(model, tokenizer).generate(prompts, sampling, [seed + i for i in range(len(prompts))]).ids
+    return completions, tokenizer.batch_decode(completions, skip_special_tokens=True)
 
 
 GENERATORS = {"hf": "rlhf_lab.rollout.generation:HFGenerator", "vllm": "rlhf_lab.rollout.vllm:VLLMGenerator"}

@@ -2,6 +2,7 @@
 stop at a failing stage, and a re-run resumes from the first unfinished stage."""
 
 import json
+import math
 
 import pytest
 from omegaconf import OmegaConf
@@ -54,3 +55,19 @@ def test_no_arguments_run_the_default_rlhf_pipeline_and_meet_the_acceptance_figu
     assert abs(s["rm/world/rm_accuracy"] - s["rm/world/bayes_accuracy"]) <= 0.03
     assert s["ppo/world/gold_reward"] > s["ppo/world_initial/gold_reward"] and s["ppo/world/win_rate"] > 0.7
     assert "ppo: gold reward" in result.stdout and "at KL" in result.stdout
+
+
+def test_compare_trains_an_ensemble_stops_on_a_held_out_reward_and_draws_best_of_n(cli):
+    others = ("dpo", "online_dpo", "ppo", "grpo", "ppo_b001", "ppo_ensemble_mean", "ppo_ensemble_uwo")
+    skipped = [f"~pipeline.stages.{stage}" for stage in others]
+    result = cli("pipeline=compare", *TINY, "best_of_n.max_n=4", *skipped)
+    assert result.returncode == 0, result.output
+    run = result.run_dir
+    assert [stage_config(run, s).seed for s in ("rm", "rm2", "rm3")] == [42, 43, 44]  # seed_offset: members differ in their seed
+    ensemble = stage_config(run, "ppo_ensemble_min").reward
+    assert ensemble.name == "ensemble" and list(ensemble.paths) == [str(run / s / "model") for s in ("rm", "rm2", "rm3")]
+    heldout = json.loads((run / "ppo_heldout" / "summary.json").read_text())
+    assert {"val/reward_heldout", "val/reward_heldout_best", "early_stop/step"} <= set(heldout)
+    curve = [json.loads(line) for line in (run / "bon" / "world_eval.jsonl").read_text().splitlines()]
+    assert [c["n"] for c in curve] == [1, 2, 4] and curve[2]["kl"] == pytest.approx(math.log(4) - 3 / 4)
+    assert result.summary["stages"] == ["sft", "rm", "rm2", "rm3", "bon", "ppo_ensemble_min", "ppo_heldout"]

@@ -139,3 +139,25 @@ def test_a_resumed_run_forgets_the_evaluations_after_its_checkpoint(tmp_path):
     trace.write_text("".join(f'{{"step": {s}, "gold_reward": {s / 10}}}\n' for s in (0, 5, 10, 15)) + '{"step": 20, "gold')
     forget_after(trace, 10)  # resumed from step 10: steps 15 and 20 are evaluated again
     assert [line.split(",")[0] for line in trace.read_text().splitlines()] == ['{"step": 0', '{"step": 5', '{"step": 10']
+
+
+def test_unpaired_labels_follow_the_gold_reward():
+    """data.feedback=unpaired: each completion is desirable with probability sigmoid(gold / T); among
+    completions above and below gold 0 the count of thumbs up matches that expectation within 4
+    standard deviations. The completions are those of the preference pairs (the same budget)."""
+    rows = world.generate("unpaired", 8000, temperature=0.25, feedback="unpaired")
+    pairs = world.generate("preference", 4000, temperature=0.25)
+    assert [r["completion"] for r in rows[:4]] == [pairs[0]["chosen"], pairs[0]["rejected"], pairs[1]["chosen"], pairs[1]["rejected"]]
+    for side in (lambda g: g > 0, lambda g: g <= 0):
+        golds = [(world.gold_reward(r["completion"]), r["label"]) for r in rows if side(world.gold_reward(r["completion"]))]
+        p = [world.desirable_probability(g, 0.25) for g, _ in golds]
+        expected, sd = sum(p), math.sqrt(sum(q * (1 - q) for q in p))
+        assert abs(sum(label for _, label in golds) - expected) < 4 * sd
+    assert world.desirable_probability(0.5, 0.25) == pytest.approx(1 / (1 + math.exp(-2)))
+
+
+def test_paired_feedback_labels_chosen_desirable_and_rejected_not():
+    rows = world.generate("unpaired", 7, feedback="paired")
+    pairs = world.generate("preference", 4)
+    assert len(rows) == 7 and [r["label"] for r in rows] == [True, False] * 3 + [True]
+    assert [r["completion"] for r in rows[:2]] == [pairs[0]["chosen"], pairs[0]["rejected"]]

@@ -173,8 +173,8 @@ def test_reward_model_through_the_registry(entries, reward_model_dir, tiny_token
 
 
 def test_unknown_reward_name(entries, tiny_tokenizer):
-    with pytest.raises(ConfigError, match="No reward named 'judge' is registered"):
-        build_reward(OmegaConf.create({"name": "judge"}), entries, tiny_tokenizer)
+    with pytest.raises(ConfigError, match="No reward named 'oracle' is registered"):
+        build_reward(OmegaConf.create({"name": "oracle"}), entries, tiny_tokenizer)
 
 
 def test_functions_module_is_importable():
