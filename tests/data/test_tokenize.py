@@ -111,4 +111,7 @@ def test_ranks_split_each_global_batch_of_one_process(shuffle):
     assert [len(r) for r in ranks] == [7, 7]  # padded by wrapping so ranks stay in step
     for k in range(3):  # full global batches of 4 = 2 per rank
         assert sorted(ranks[0][2 * k:2 * k + 2] + ranks[1][2 * k:2 * k + 2]) == sorted(one[4 * k:4 * k + 4])
-    assert one == (list(range(13)) if not shuffle else one) and sorted(one) == list(range(13))
+    assert sorted(one) == list(range(13))
+    assert (one == list(range(13))) is not shuffle  # shuffled: a permutation other than file order
+    if shuffle:  # seeded: the same seed gives the same order, another seed another
+        assert list(RankSampler(lengths, 4, shuffle=True, group_by_length=False, seed=1)) != one

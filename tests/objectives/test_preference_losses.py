@@ -113,12 +113,23 @@ def test_simpo_is_reference_free_and_length_normalised():
     assert REFERENCE_FREE == {"simpo"}
 
 
-def test_every_reference_loss_is_ln2_when_policy_equals_reference():
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("sigmoid", math.log(2)),  # -log sigma(0)
+        ("cdpo", math.log(2)),  # -(1 - eps) log sigma(0) - eps log sigma(0)
+        ("ipo", (0 - 1 / (2 * BETA)) ** 2),  # (h - 1 / (2 beta))^2 = 1
+        ("hinge", 1.0),  # relu(1 - 0)
+    ],
+)
+def test_every_reference_loss_at_policy_equals_reference(name, expected):
+    """h = 0 when the policy is the reference: each loss takes its value at h = 0, rewards are 0."""
     lp = pairs()
     lp.ref_chosen, lp.ref_rejected = lp.chosen.detach(), lp.rejected.detach()
-    losses, r_chosen, r_rejected = PREFERENCE_LOSSES["sigmoid"](lp, beta=0.1)
-    assert losses.tolist() == pytest.approx([math.log(2)] * 2, abs=1e-7)
+    losses, r_chosen, r_rejected = PREFERENCE_LOSSES[name](lp, beta=BETA, label_smoothing=0.2)
+    assert losses.tolist() == pytest.approx([expected] * 2, abs=1e-7)
     assert r_chosen.tolist() == r_rejected.tolist() == [0.0, 0.0]
+    assert set(PREFERENCE_LOSSES) - REFERENCE_FREE == {"sigmoid", "cdpo", "ipo", "hinge"}
 
 
 def test_losses_are_chosen_by_name():

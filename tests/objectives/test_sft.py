@@ -46,18 +46,30 @@ def test_loss_is_cross_entropy_on_completion_tokens_only(tiny_tokenizer, feature
     with torch.no_grad():
         loss, metrics = sft.compute_loss(batch)
     assert loss.item() == pytest.approx(hand_cross_entropy(sft.policy, batch), rel=1e-5)
-    assert 0.0 <= metrics["token_accuracy"].item() <= 1.0
+    with torch.no_grad():
+        logits = sft.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    scored = batch["labels"][:, 1:] != IGNORE
+    hits = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:])[scored]
+    assert metrics["token_accuracy"].item() == pytest.approx(hits.float().mean().item())
 
 
-def test_prompt_tokens_do_not_change_the_loss_gradient_target(tiny_tokenizer, features):
-    """Masking: relabelling a prompt token leaves the loss unchanged (it is never scored)."""
+def test_prompt_tokens_are_masked_and_never_scored(tiny_tokenizer, features):
+    """The encoder masks exactly the prompt's tokens, and the loss skips masked labels: unmasking one
+    prompt token (scoring it as a target) changes the loss."""
+    encoder = Encoder(tiny_tokenizer, max_length=64)
+    prompt = encoder.prompt_ids([ROWS[0]["prompt"]])[0]
+    [seq] = features[0]["sequences"]
+    labels, input_ids = list(seq["labels"]), list(seq["input_ids"])
+    assert labels[: len(prompt)] == [IGNORE] * len(prompt)
+    assert labels[len(prompt) :] == input_ids[len(prompt) :] and len(input_ids) > len(prompt)
     sft = make_sft(tiny_tokenizer)
     batch = pad_collate(features, tiny_tokenizer.pad_token_id)
     with torch.no_grad():
-        before = sft.compute_loss(batch)[0]
-        batch["labels"][0, 1] = IGNORE  # already masked prompt token
-        after = sft.compute_loss(batch)[0]
-    assert before.item() == after.item()
+        masked = sft.compute_loss(batch)[0]
+        batch["labels"][0, 1] = batch["input_ids"][0, 1]  # a prompt token, now a target
+        unmasked = sft.compute_loss(batch)[0]
+    assert unmasked.item() != pytest.approx(masked.item(), rel=1e-4)
+    assert unmasked.item() == pytest.approx(hand_cross_entropy(sft.policy, batch), rel=1e-5)
 
 
 def test_padding_free_and_full_head_give_the_same_loss(tiny_tokenizer, features):

@@ -167,7 +167,9 @@ def test_reward_model_scores_text_as_it_was_trained(reward_model_dir, tiny_token
 
 def test_reward_model_through_the_registry(entries, reward_model_dir, tiny_tokenizer):
     reward = build_reward(OmegaConf.structured(ModelRewardConfig(name="model", path=str(reward_model_dir))), entries, tiny_tokenizer)
-    assert reward(["q1", "q2"], ["a", "b"], ROWS).shape == (2,)  # the row columns are not passed to the model
+    scores = reward(["q1", "q2"], ["a", "b"], ROWS)  # the row columns are not passed to the model
+    direct = RewardModelScorer(ModelRewardConfig(name="model", path=str(reward_model_dir)))(["q1", "q2"], ["a", "b"])
+    assert scores.tolist() == pytest.approx(direct, abs=1e-5) and direct[0] != pytest.approx(direct[1])
     with pytest.raises(ConfigError, match="reward.path=/nonexistent: not a reward model directory"):
         build_reward(OmegaConf.structured(ModelRewardConfig(name="model", path="/nonexistent")), entries, tiny_tokenizer)
 
