@@ -3,6 +3,8 @@ each group, KL 0 at step 0, learning a simple reward, and a large beta keeping t
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -32,6 +34,33 @@ def test_groups_of_k_completions_share_a_prompt_and_centre_their_advantages(tiny
     per_completion = rollout.advantages[:, 0]  # (12,) every token of a completion shares its advantage
     assert torch.equal(rollout.advantages, per_completion[:, None] * rollout.mask)
     assert per_completion.view(4, 3).sum(1).tolist() == pytest.approx([0.0] * 4, abs=1e-4)  # centred within each group
+
+
+@pytest.mark.parametrize("scale_rewards", [True, False])
+def test_grpo_advantages_divide_by_the_groups_std_unless_told_not_to(tiny_tokenizer, scale_rewards):
+    system = make_system(GRPO, GRPOConfig, tiny_tokenizer, length, num_generations=3, max_new_tokens=6, scale_rewards=scale_rewards)
+    rollout, metrics = system.rollout(prompt_rows(GRPO, tiny_tokenizer, n=4))
+    system.estimate_advantages(rollout, metrics)
+    groups = rollout.scores.view(4, 3)
+    centred = groups - groups.mean(1, keepdim=True)
+    expected = centred / (groups.std(1, keepdim=True) + 1e-4) if scale_rewards else centred  # Dr. GRPO: no division
+    assert bool((groups.std(1) > 1.5).any())  # a spread that the division changes visibly
+    assert rollout.advantages[:, 0].tolist() == pytest.approx(expected.flatten().tolist(), abs=1e-5)
+
+
+def test_grpo_loss_adds_beta_times_the_k3_kl_per_token(tiny_tokenizer):
+    """At the first update pi = pi_old, so the surrogate is -A per token; with log pi_ref = log pi - 0.3
+    the k3 term is e^-0.3 + 0.3 - 1 on every token: L = mean_t(-A_i) + beta * k3 over all tokens."""
+    system = make_system(GRPO, GRPOConfig, tiny_tokenizer, length, num_generations=2, max_new_tokens=5, beta=0.5)
+    rollout, metrics = system.rollout(prompt_rows(GRPO, tiny_tokenizer, n=3))
+    system.estimate_advantages(rollout, metrics)
+    rollout.ref_logps = rollout.logps - 0.3
+    with torch.no_grad():
+        loss, loss_metrics = system.loss(rollout)
+    k3 = math.exp(-0.3) + 0.3 - 1
+    surrogate = -(rollout.advantages * rollout.mask).sum() / rollout.mask.sum()
+    assert loss_metrics["train/kl_loss"].item() == pytest.approx(k3, abs=1e-5)
+    assert loss.item() == pytest.approx(surrogate.item() + 0.5 * k3, abs=1e-5)
 
 
 def test_a_group_needs_two_completions(tiny_tokenizer):

@@ -4,6 +4,8 @@ sources through the CLI, and a failing reward stopping the run with the last che
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -54,6 +56,35 @@ def test_rollout_scores_and_missing_eos_penalty(tiny_tokenizer):
     whitened, _ = make_system(PPO, PPOConfig, tiny_tokenizer, length, max_new_tokens=3, whiten_rewards=True).rollout(rows)
     assert whitened.scores.mean().item() == pytest.approx(0.0, abs=1e-5)
     assert whitened.scores.std(correction=0).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_no_grad_passes_in_chunks_of_forward_batch_size_match_one_pass(tiny_tokenizer):
+    """8 completions in chunks of 3 (3 + 3 + 2): the chunks' log-probs line up with one pass over all 8."""
+    system = make_system(PPO, PPOConfig, tiny_tokenizer, length, max_new_tokens=5)
+    rollout, _ = system.rollout(prompt_rows(PPO, tiny_tokenizer, n=8))
+    rollout.logps = None  # recomputed by the forward passes too, as when the sampler's are not the policy's
+    system.evaluate(rollout)
+    whole = (rollout.logps.clone(), rollout.ref_logps.clone())
+    system.cfg.forward_batch_size = 3
+    rollout.logps = None
+    system.evaluate(rollout)
+    assert rollout.logps.shape == whole[0].shape and rollout.ref_logps.shape == whole[1].shape
+    mask = rollout.mask
+    torch.testing.assert_close(rollout.logps * mask, whole[0] * mask, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rollout.ref_logps * mask, whole[1] * mask, atol=1e-5, rtol=0)
+    assert not torch.equal(whole[1][0] * mask[0], whole[1][3] * mask[3])  # rows differ: a misordered chunk would show
+
+
+@pytest.mark.parametrize(("estimator", "per_token"), [("k1", 0.3), ("k2", 0.5 * 0.3**2), ("k3", math.exp(-0.3) + 0.3 - 1)])
+def test_the_kl_penalty_uses_the_chosen_estimator(tiny_tokenizer, estimator, per_token):
+    """log pi - log pi_ref = 0.3 on every token; with gamma = lambda = 1 and V = 0 the return at the
+    first token is R(x, y) - beta * |y| * k(0.3): k1 = 0.3, k2 = 0.3^2 / 2, k3 = e^-0.3 + 0.3 - 1."""
+    system = make_system(PPO, PPOConfig, tiny_tokenizer, length, max_new_tokens=5, kl_estimator=estimator, beta=0.5, gamma=1.0, lam=1.0)
+    rollout, _ = system.rollout(prompt_rows(PPO, tiny_tokenizer, n=4))
+    rollout.ref_logps = rollout.logps - 0.3
+    system.estimate_advantages(rollout, {})
+    expected = rollout.scores - 0.5 * rollout.mask.sum(1) * per_token
+    assert rollout.returns[:, 0].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
 
 
 def test_max_steps_counts_rollouts_not_optimiser_steps(tiny_tokenizer):
