@@ -99,3 +99,19 @@ def test_adamw_uses_the_fused_kernel_unless_told_not_to(tiny_tokenizer, fused, e
               optim=OptimConfig(fused=fused))
     optimizer = sft.configure_optimizers()["optimizer"]
     assert bool(optimizer.defaults["fused"]) is expected
+
+
+def test_label_smoothing_mixes_the_target_with_the_uniform_distribution(tiny_tokenizer, features):
+    """eps = 0.1: each scored position costs (1 - eps) * -log p(y) + eps * mean_k -log p(k), by hand."""
+    sft = SFT(SFTConfig(name="sft", label_smoothing=0.1), models=ModelFactory(ModelConfig(), tiny_tokenizer), tokenizer=tiny_tokenizer,
+              optim=OptimConfig())
+    batch = pad_collate(features, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss = sft.compute_loss(batch)[0]
+        logits = sft.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    terms = []
+    for b, t in (batch["labels"][:, 1:] != IGNORE).nonzero().tolist():
+        logp = torch.log_softmax(logits[b, t], dim=-1)
+        terms.append(0.9 * -logp[batch["labels"][b, t + 1]].item() + 0.1 * -logp.mean().item())
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    assert loss.item() != pytest.approx(hand_cross_entropy(sft.policy, batch), rel=1e-3)
