@@ -114,4 +114,4 @@ def test_label_smoothing_mixes_the_target_with_the_uniform_distribution(tiny_tok
         logp = torch.log_softmax(logits[b, t], dim=-1)
         terms.append(0.9 * -logp[batch["labels"][b, t + 1]].item() + 0.1 * -logp.mean().item())
     assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
-    assert loss.item() != pytest.approx(hand_cross_entropy(sft.policy, batch), rel=1e-3)
+    assert abs(loss.item() - hand_cross_entropy(sft.policy, batch)) > 1e-3  # the random model is near uniform: a small but real change
