@@ -79,9 +79,9 @@ def option_of_a_disabled_plugin(argv: list[str], host: PluginHost) -> str | None
             if name and name != "null" and name not in options:
                 likely = [info for info in host.disabled if info.name == name] or host.disabled
                 which = ", ".join(str(info) for info in likely)
-                names = ", ".join(info.name for info in likely)
                 return (f"{group}={name} is not an option while {which} {'is' if len(likely) == 1 else 'are'} disabled, "
-                        f"which may register it: to enable, take {names} out of plugins.disable=[...] and {DISABLE_ENV}.")
+                        f"which may register it: to enable, remove its name or its distribution's from plugins.disable=[...] "
+                        f"and {DISABLE_ENV}.")
     return None
 
 

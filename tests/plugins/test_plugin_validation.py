@@ -109,7 +109,7 @@ def test_selecting_a_disabled_plugins_option_says_it_is_disabled(site):
     problem = option_of_a_disabled_plugin(["prompting=few_shot,silent", "data=tiny"], host)
     assert problem == (
         "prompting=silent is not an option while plugin 'silent_strategies' (distribution acme-disabled-opt 0.0.1) "
-        "is disabled, which may register it: to enable, take silent_strategies out of plugins.disable=[...] "
-        "and RLHF_LAB_DISABLE_PLUGINS."
+        "is disabled, which may register it: to enable, remove its name or its distribution's from "
+        "plugins.disable=[...] and RLHF_LAB_DISABLE_PLUGINS."
     )
     assert option_of_a_disabled_plugin(["prompting=few_shot", "objective=sft", "data=tiny"], host) is None
