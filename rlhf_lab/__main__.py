@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rlhf_lab.errors import Preempted, RlhfLabError
-from rlhf_lab.plugins import disabled_from_argv, load_plugins
+from rlhf_lab.plugins import DISABLE_ENV, KIND_GROUPS, PluginHost, disabled_from_argv, load_plugins
 
 _PKG = Path(__file__).resolve().parent
 # conf/ sits inside the installed wheel, and beside the package in a source checkout.
@@ -58,6 +58,30 @@ def unselected_group_option(argv: list[str]) -> str | None:
         if options and group not in keys:
             return (f"'{options[0]}' sets an option of the '{group}' group, but no {group} is selected "
                     f"(its default is none): add {group}=<name>; `python -m rlhf_lab --help` lists the options.")
+    return None
+
+
+def option_of_a_disabled_plugin(argv: list[str], host: PluginHost) -> str | None:
+    """An error message when an override selects an option that is not there while plugins are
+    disabled (Hydra would say only "Could not find 'objective/orpo'"): it may be theirs. Call it
+    after ``host.store_configs()``."""
+    from hydra.core.config_store import ConfigStore
+
+    if not host.disabled:
+        return None
+    for arg in argv:
+        group, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or group not in KIND_GROUPS.values():
+            continue
+        stored = {name.removesuffix(".yaml") for name in ConfigStore.instance().repo.get(group, {})}
+        options = stored | {path.stem for path in (Path(CONF_DIR) / group).glob("*.yaml")}
+        for name in value.split(","):  # a sweep: objective=sft,orpo
+            if name and name != "null" and name not in options:
+                likely = [info for info in host.disabled if info.name == name] or host.disabled
+                which = ", ".join(str(info) for info in likely)
+                return (f"{group}={name} is not an option while {which} {'is' if len(likely) == 1 else 'are'} disabled, "
+                        f"which may register it: to enable, remove its name or its distribution's from plugins.disable=[...] "
+                        f"and {DISABLE_ENV}.")
     return None
 
 
@@ -158,6 +182,10 @@ def main() -> None:
         print(f"rlhf_lab: error: {exc}", file=sys.stderr)
         sys.exit(1)
     host.store_configs()
+    problem = option_of_a_disabled_plugin(sys.argv[1:], host)
+    if problem:
+        print(f"rlhf_lab: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     sys.argv[1:] = whole_mappings(sys.argv[1:])
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

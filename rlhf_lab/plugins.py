@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -120,6 +121,17 @@ class Registry:
                     f"registers {kind} '{name}' with schema {schema!r}, "
                     f"which is not a dataclass extending rlhf_lab.config.{base.__name__}"
                 )
+            if "__dataclass_fields__" not in vars(schema):  # a subclass inherits the marker, not its own fields
+                raise plugin.failure(
+                    f"registers {kind} '{name}' with schema {schema.__qualname__}, which lacks @dataclass: "
+                    f"its own fields would be ignored (decorate it with @dataclass)"
+                )
+            no_default = [f.name for f in dataclasses.fields(schema) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+            if no_default:
+                raise plugin.failure(
+                    f"registers {kind} '{name}' with schema {schema.__qualname__}, whose field '{no_default[0]}' has no "
+                    f"default: give it one (omegaconf.MISSING for a value that every run must set)"
+                )
             try:
                 OmegaConf.structured(schema)
             except Exception as exc:
@@ -129,17 +141,22 @@ class Registry:
         self.entries[kind][name] = Entry(kind, name, target, schema, plugin)
 
     def registrations(self, plugin: PluginInfo) -> list[str]:
-        """``group=name`` for everything ``plugin`` registered."""
-        return [f"{KIND_GROUPS[kind]}={e.name}" for kind, es in self.entries.items() for e in es.values() if e.plugin is plugin]
+        """How to select everything ``plugin`` registered: ``group=name``, or ``data.loader=name`` for
+        a dataset loader without a schema (not an option of the ``data`` group)."""
+        return [
+            f"{KIND_GROUPS[kind]}.loader={e.name}" if kind == "dataset" and e.schema is None else f"{KIND_GROUPS[kind]}={e.name}"
+            for kind, es in self.entries.items() for e in es.values() if e.plugin is plugin
+        ]  # fmt: skip
 
 
 class PluginHost:
     """The loaded plugin manager, its registry and what each plugin is."""
 
-    def __init__(self, pm: pluggy.PluginManager, registry: Registry, infos: list[PluginInfo]):
+    def __init__(self, pm: pluggy.PluginManager, registry: Registry, infos: list[PluginInfo], disabled: list[PluginInfo]):
         self.pm = pm
         self.registry = registry
         self.infos = infos
+        self.disabled = disabled  # installed entry points skipped (plugins.disable, RLHF_LAB_DISABLE_PLUGINS)
 
     @property
     def hook(self):
@@ -201,7 +218,8 @@ def load_plugins(disable: Iterable[str] = ()) -> PluginHost:
     Every failure raises a ``PluginError`` that names the plugin's distribution and how to
     disable it; pluggy itself lets import errors through unnamed.
     """
-    disabled = set(disable) | set(disabled_from_env())
+    installed = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    disabled = disabled_entry_points(installed, [*disable, *disabled_from_env()])
     pm = pluggy.PluginManager("rlhf_lab")
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
@@ -210,10 +228,12 @@ def load_plugins(disable: Iterable[str] = ()) -> PluginHost:
         infos[modname] = PluginInfo(modname, "rlhf_lab", __version__, "built-in")
     pm.check_pending()
 
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    skipped = []
+    for ep in installed:
         info = _entry_point_info(ep)
         if ep.name in disabled:
             pm.set_blocked(ep.name)
+            skipped.append(info)
             continue
         if ep.name in infos:
             raise info.failure(f"uses the entry-point name of {infos[ep.name]}")
@@ -243,7 +263,29 @@ def load_plugins(disable: Iterable[str] = ()) -> PluginHost:
                 raise
             except Exception as exc:
                 raise registry.current_plugin.failure(f"failed in {hook_name}: {type(exc).__name__}: {exc}") from exc
-    return PluginHost(pm, registry, list(infos.values()))
+    return PluginHost(pm, registry, list(infos.values()), skipped)
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503: rlhf_lab_orpo and rlhf-lab-orpo are one distribution
+
+
+def disabled_entry_points(installed: list[EntryPoint], names: Iterable[str]) -> set[str]:
+    """The entry-point names that ``names`` disable: each name is an entry point's name or its
+    distribution's (all of that distribution's entry points). A name that is neither is an error,
+    never silently ignored."""
+    disabled: set[str] = set()
+    for name in names:
+        hits = {ep.name for ep in installed if ep.name == name or (ep.dist is not None and _normalised(ep.dist.name) == _normalised(name))}
+        if not hits:
+            what = "a built-in plugin, which cannot be disabled" if name in BUILTIN_PLUGINS else "no installed plugin"
+            choices = ", ".join(f"{ep.name} ({_entry_point_info(ep).distribution})" for ep in installed) or "none"
+            raise PluginError(
+                f"plugins.disable / {DISABLE_ENV} names '{name}', which is {what}; it takes an entry-point or "
+                f"distribution name (installed plugins: {choices})."
+            )
+        disabled |= hits
+    return disabled
 
 
 def disabled_from_argv(argv: list[str]) -> list[str]:
@@ -267,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     for info in host.infos:
         regs = ", ".join(host.registry.registrations(info)) or "hooks only"
         print(f"  {info.name}  [{info.distribution} {info.version}; {info.entry_point}]  {regs}")
+    for info in host.disabled:
+        print(f"  {info.name}  [{info.distribution} {info.version}; {info.entry_point}]  disabled (not imported)")
     return 0
 
 

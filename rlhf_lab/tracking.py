@@ -82,20 +82,22 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume: dict | None = None) ->
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         return [logger]
     if name == "wandb":
-        return [
-            WandbLogger(
-                project=cfg.logger.project,
-                entity=cfg.logger.entity,
-                group=run_group(cfg),
-                job_type=cfg.objective.name,
-                name=run_dir.name,
-                save_dir=str(run_dir),
-                mode=wandb_mode(cfg.logger.mode),
-                tags=list(cfg.logger.tags),
-                config=OmegaConf.to_container(cfg, resolve=True),
-                id=wandb_run_id(run_dir) if resume is not None else None,  # WandbLogger passes resume="allow"
-            )
-        ]
+        logger = WandbLogger(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=run_group(cfg),
+            job_type=cfg.objective.name,
+            name=run_dir.name,
+            save_dir=str(run_dir),
+            mode=wandb_mode(cfg.logger.mode),
+            tags=list(cfg.logger.tags),
+            config=OmegaConf.to_container(cfg, resolve=True),
+            id=wandb_run_id(run_dir) if resume is not None else None,  # WandbLogger passes resume="allow"
+        )
+        # Lightning always passes anonymous=None to wandb.init, where any value, None included,
+        # prints "The anonymous setting has no effect and will be removed".
+        logger._wandb_init.pop("anonymous", None)
+        return [logger]
     raise ConfigError(f"logger.name must be wandb, csv, tensorboard or none, got '{name}'.")
 
 

@@ -81,8 +81,21 @@ def _dtype(cfg: ModelConfig) -> torch.dtype:
         raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got '{cfg.dtype}'.") from None
 
 
+def quiet_progress_bars() -> None:
+    """transformers' own progress bars ("Loading weights", "Writing model shards") off: a run shows
+    its own progress. transformers' switch turns the hub's download bars off too; they stay as they were."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    downloads_shown = not are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    if downloads_shown:
+        enable_progress_bars()
+
+
 def _load(auto_cls, cfg: ModelConfig, **config_overrides) -> PreTrainedModel:
     """``auto_cls`` on the configured weights: tiny (seeded random init) or pretrained."""
+    quiet_progress_bars()
     kwargs = {"dtype": _dtype(cfg)}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
@@ -226,6 +239,7 @@ def export_pretrained(model, tokenizer: PreTrainedTokenizerBase, out_dir: Path, 
     An ``out_dir`` already there is an export of the same run that died before its summary (a new
     run never reuses a directory): the new copy takes its place, so the end of a run can run again.
     """
+    quiet_progress_bars()
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -74,6 +74,10 @@ uses it. The interface, in full:
 
 A prompt or an answer that is not text (``None``, a number) stops the run naming the document.
 
+A plugin imports every name above from ``rlhf_lab.api`` (``Strategy``, ``PromptingConfig``,
+``Doc``, ``Task``, ``LM``, ``Answer``, ``Prompt``, ``hookimpl``); the modules named below are
+internal and may change in any release.
+
 Built in (``strategies.py``): ``zero_shot``, ``few_shot``, ``cot``, ``self_consistency`` (one pass);
 ``least_to_most``, ``self_refine``, ``best_of_n`` (staged). Tasks and their config are in
 ``tasks.py`` and ``rlhf_lab.config.EvalConfig``; the model handle in ``lm.py``; scoring in

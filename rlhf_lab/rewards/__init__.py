@@ -68,8 +68,8 @@ class Reward:
         if len(values) != len(completions):
             raise RewardError(f"{what} {self.name} returned {len(values)} scores for {len(completions)} completions.")
         for i, value in enumerate(values):
-            try:
-                finite = math.isfinite(float(value))
+            try:  # float("0.5") would take a string: a score is a number, never text
+                finite = not isinstance(value, (str, bytes)) and math.isfinite(float(value))
             except (TypeError, ValueError):
                 finite = False
             if not finite:

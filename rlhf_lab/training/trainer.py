@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -21,6 +22,15 @@ from rlhf_lab.tracking import finish_wandb
 from rlhf_lab.training.callbacks import StepPrinter, Throughput
 from rlhf_lab.training.checkpoints import AtomicCheckpointIO, Checkpoints
 from rlhf_lab.training.resume import RunState
+
+# Lightning's rank-zero messages ("GPU available: ...") go through this logger.
+LIGHTNING_INFO = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+
+
+def not_an_advert(record: logging.LogRecord) -> bool:
+    """False for the "Tip: ... try installing litlogger" line that every Trainer prints."""
+    return "litlogger" not in record.getMessage()
+
 
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "GLOBAL_RANK", "WORLD_SIZE", "RANK")
 
@@ -113,6 +123,7 @@ def build_trainer(
     ]
     show_bar = progress_bar_wanted(t.progress_bar)
     callbacks.append(RichProgressBar() if show_bar else StepPrinter())
+    LIGHTNING_INFO.addFilter(not_an_advert)  # once: a filter already there is not added again
     trainer = L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,

@@ -13,6 +13,13 @@ from rlhf_lab.tracking import read_wandb_run
 from tests.conftest import write_jsonl
 
 QUICK = ("trainer.max_steps=12", "data.num_rows=200", "trainer.log_every_n_steps=2")
+# Lines of the libraries' that a run's console must not show (W&B, Lightning, transformers).
+NOISE = ("The anonymous setting has no effect", "litlogger", "Loading weights", "Writing model shards")
+
+
+def assert_quiet(output: str) -> None:
+    shown = [line for line in NOISE if line in output]
+    assert not shown, f"library noise on the console: {shown}\n{output}"
 
 
 def wandb_runs(run_dir):
@@ -20,7 +27,8 @@ def wandb_runs(run_dir):
 
 
 def test_default_job_trains_exports_and_logs_to_offline_wandb(cli, tmp_path):
-    no_credentials = {"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(tmp_path), "NETRC": None}
+    # WANDB_SILENT unset: W&B prints its warnings, as in a user's shell
+    no_credentials = {"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(tmp_path), "NETRC": None, "WANDB_SILENT": None}
     res = cli(*QUICK, env=no_credentials)
     assert res.returncode == 0, res.output
     s = res.summary
@@ -40,6 +48,8 @@ def test_default_job_trains_exports_and_logs_to_offline_wandb(cli, tmp_path):
     assert len(losses) == 6 and losses[-1] == pytest.approx(s["train/loss"])
     assert run["summary"]["val/loss"] == pytest.approx(s["val/loss"])
     assert "W&B: no credentials found, logging offline" in res.output
+    assert "step 12/12  train/loss" in res.stdout  # our progress stays
+    assert_quiet(res.output)  # wandb, exported: W&B's, Lightning's and transformers' lines would show
 
 
 def test_csv_logger_writes_metrics_csv(cli):
@@ -54,6 +64,7 @@ def test_csv_logger_writes_metrics_csv(cli):
 def test_training_from_a_local_hf_directory_with_lora(cli, tiny_model_dir):
     res = cli(*QUICK, "logger=none", "model=hf", f"model.name_or_path={tiny_model_dir}", "model.lora.r=4", "optim.lr=1e-3")
     assert res.returncode == 0, res.output
+    assert_quiet(res.output)  # weights loaded from a directory: transformers' bar would show
     exported = AutoModelForCausalLM.from_pretrained(res.run_dir / "model")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     changed = [n for n, p in exported.state_dict().items() if not torch.equal(p, base.state_dict()[n])]

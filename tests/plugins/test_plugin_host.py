@@ -56,6 +56,16 @@ BROKEN = {
         HEADER + "@hookimpl\ndef rlhf_lab_add_objectives(register):\n    register.add_objective('loose', object, dict)\n",
         "not a dataclass extending rlhf_lab.config.ObjectiveConfig",
     ),
+    "schema_without_dataclass": (
+        HEADER + "class C(ObjectiveConfig):\n    lam: float = 0.1\n\n"
+        "@hookimpl\ndef rlhf_lab_add_objectives(register):\n    register.add_objective('undecorated', object, C)\n",
+        "registers objective 'undecorated' with schema C, which lacks @dataclass: its own fields would be ignored",
+    ),
+    "field_without_default": (
+        HEADER + "@dataclass(kw_only=True)\nclass C(ObjectiveConfig):\n    lam: float\n\n"
+        "@hookimpl\ndef rlhf_lab_add_objectives(register):\n    register.add_objective('required', object, C)\n",
+        "registers objective 'required' with schema C, whose field 'lam' has no default",
+    ),
     "raises_in_hook": (
         HEADER + "@hookimpl\ndef rlhf_lab_add_rewards(register):\n    raise KeyError('api_key')\n",
         "failed in rlhf_lab_add_rewards: KeyError",
@@ -116,7 +126,7 @@ def judge(cfg, tokenizer):
 
 @hookimpl
 def rlhf_lab_add_rewards(register):
-    register.add_reward("judge", judge, JudgeConfig)
+    register.add_reward("remote_judge", judge, JudgeConfig)
 
 @hookimpl
 def rlhf_lab_configure(cfg):
@@ -131,8 +141,8 @@ def test_a_plugin_failing_in_a_run_hook_or_factory_is_named(site):
     host.call("rlhf_lab_configure", cfg={"boom": False})
     with pytest.raises(PluginError, match=rf"plugin '{module}' \(distribution acme-judge 0.3.0\) failed in rlhf_lab_configure: KeyError: 'boom'"):
         host.call("rlhf_lab_configure", cfg={"boom": True})
-    with pytest.raises(PluginError, match=rf"plugin '{module}' .* failed building reward 'judge': ConnectionError: judge service unreachable"):
-        host.registry.get("reward", "judge").create(None, None)
+    with pytest.raises(PluginError, match=rf"plugin '{module}' .* failed building reward 'remote_judge': ConnectionError: judge service unreachable"):
+        host.registry.get("reward", "remote_judge").create(None, None)
 
 
 @pytest.mark.slow
