@@ -15,6 +15,14 @@ from rlhf_lab.testing import run_cli as _run_cli
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items):
+    """A test that starts ``python -m rlhf_lab`` (the ``cli`` and ``rlhf_lab_run`` fixtures) is
+    slow by definition: ``pytest -m "not slow"`` stays the fast lane without anyone remembering."""
+    for item in items:
+        if {"cli", "rlhf_lab_run"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _offline_env(tmp_path_factory):
     # Caches (DPO reference log-probs) go to a per-session directory, never the user's home.

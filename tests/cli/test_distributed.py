@@ -5,6 +5,8 @@ import csv
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here starts python -m rlhf_lab
+
 SAME_GLOBAL_BATCH = ("trainer.max_steps=8", "data.num_rows=160", "data.shuffle=false", "logger=csv", "trainer.log_every_n_steps=1",
                      "trainer.save_checkpoint=false", "data.val_fraction=0.1", "optim.warmup_steps=0")
 
@@ -105,7 +107,6 @@ def curve(run_dir, key):
         return [float(r[key]) for r in csv.DictReader(fh) if r.get(key)]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["ppo", "grpo", "rloo"])
 def test_online_rl_on_two_processes_updates_exactly_like_one(cli, objective):
     """Each rank samples its share of the global batch; a completion's seed depends on its row, not on

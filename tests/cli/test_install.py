@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test here starts python -m rlhf_lab
+
 
 @pytest.fixture(scope="module")
 def wheel_site(tmp_path_factory):

@@ -12,6 +12,8 @@ from rlhf_lab.__main__ import unselected_group_option, with_default_run
 from rlhf_lab.tracking import read_wandb_run
 from tests.conftest import write_jsonl
 
+pytestmark = pytest.mark.slow  # every test here starts python -m rlhf_lab
+
 QUICK = ("trainer.max_steps=12", "data.num_rows=200", "trainer.log_every_n_steps=2")
 # Lines of the libraries' that a run's console must not show (W&B, Lightning, transformers).
 NOISE = ("The anonymous setting has no effect", "litlogger", "Loading weights", "Writing model shards")
@@ -80,7 +82,6 @@ def test_malformed_data_stops_before_training_naming_file_and_row(cli, tmp_path)
     assert not (res.run_dir / "summary.json").exists() and not (res.run_dir / "metrics.csv").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("overrides,line", [
     (("data=jsonl", "data.path={dir}/latin1.jsonl"), "{dir}/latin1.jsonl row 2: not valid UTF-8 (byte 0xe9 at column 16)"),
     (("trainer.max_steps=-5",), "trainer.max_steps=-5: must be a positive number of steps"),
@@ -95,7 +96,6 @@ def test_bad_input_is_one_line_naming_it_and_nothing_is_written(cli, tmp_path, o
     assert sorted(p.name for p in res.run_dir.iterdir()) == [".hydra", ".rlhf_lab.lock", "rlhf_lab.log"]
 
 
-@pytest.mark.slow
 def test_a_reward_functions_own_traceback_goes_to_the_job_log_and_to_the_console_when_asked(cli):
     res = cli("objective=grpo", "reward=python", "reward.fn=tests.rewards.functions:fails_later", "logger=csv",
               "data.num_rows=32", "data.batch_size=4", "objective.max_new_tokens=4", "trainer.max_steps=2",
@@ -173,7 +173,6 @@ def test_an_option_of_an_unselected_group_is_named_not_an_assertion(cli):
     assert "Traceback" not in res.stderr and "AssertionError" not in res.stderr
 
 
-@pytest.mark.slow
 def test_a_whole_mapping_from_the_shell_replaces_the_presets(cli):
     """README's syntax through the real entry point (whole_mappings rewrites it before Hydra composes)."""
     shown = cli("--cfg", "job", "data=mixture", "data.sources={math: {path: m.jsonl, weight: 2.0}}", "data.fields={prompt: q}")

@@ -1,5 +1,5 @@
-"""Pipelines as real subprocesses at tiny sizes: stages chain their exports, share a W&B group,
-stop at a failing stage, and a re-run resumes from the first unfinished stage."""
+"""Pipelines as real subprocesses: the default one (stages chain their exports and share a W&B group),
+and at tiny sizes, a failing stage stops the pipeline and a re-run resumes from it."""
 
 import json
 import math
@@ -13,20 +13,6 @@ TINY = ["trainer.max_steps=2", "data.num_rows=64", "data.eval_prompts=8", "data.
 
 def stage_config(run_dir, stage):
     return OmegaConf.load(run_dir / stage / ".hydra" / "config.yaml")
-
-
-def test_rlhf_stages_chain_their_exports(cli):
-    result = cli("pipeline=rlhf", *TINY)
-    assert result.returncode == 0, result.output
-    run = result.run_dir
-    sft, rm, ppo = (stage_config(run, s) for s in ("sft", "rm", "ppo"))
-    assert (sft.objective.name, rm.objective.name, ppo.objective.name) == ("sft", "rm", "ppo")
-    assert rm.model.name_or_path == ppo.model.name_or_path == str(run / "sft" / "model")
-    assert ppo.reward.path == str(run / "rm" / "model")
-    assert sft.experiment == rm.experiment == ppo.experiment == result.summary["wandb_group"]
-    summary = result.summary
-    assert {"rm/world/rm_accuracy", "rm/world/bayes_accuracy", "ppo/world/gold_reward", "ppo/world/kl", "ppo/world/proxy_reward"} <= set(summary)
-    assert "gold before" in result.stdout
 
 
 def test_failed_stage_stops_and_rerun_resumes_from_it(cli):
@@ -50,8 +36,13 @@ def test_no_arguments_run_the_default_rlhf_pipeline_and_meet_the_acceptance_figu
     result = cli()  # only hydra.run.dir, which composes nothing: python -m rlhf_lab's default
     assert result.returncode == 0, result.output
     assert "no overrides given: running the lab's default, pipeline=rlhf" in result.stderr
-    s = result.summary
+    s, run = result.summary, result.run_dir
     assert s["stages"] == ["sft", "rm", "ppo"]
+    sft, rm, ppo = (stage_config(run, stage) for stage in ("sft", "rm", "ppo"))  # each stage starts from the last's export
+    assert (sft.objective.name, rm.objective.name, ppo.objective.name) == ("sft", "rm", "ppo")
+    assert rm.model.name_or_path == ppo.model.name_or_path == str(run / "sft" / "model")
+    assert ppo.reward.path == str(run / "rm" / "model")
+    assert sft.experiment == rm.experiment == ppo.experiment == s["wandb_group"]
     assert abs(s["rm/world/rm_accuracy"] - s["rm/world/bayes_accuracy"]) <= 0.03
     assert s["ppo/world/gold_reward"] > s["ppo/world_initial/gold_reward"] and s["ppo/world/win_rate"] > 0.7
     assert "ppo: gold reward" in result.stdout and "at KL" in result.stdout

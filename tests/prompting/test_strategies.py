@@ -19,7 +19,7 @@ from rlhf_lab.prompting.evaluator import Evaluator
 from rlhf_lab.prompting.lm import LM
 from rlhf_lab.prompting.tasks import Task
 from rlhf_lab.rewards import Reward
-from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScore
+from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 
 ADDITIONS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
 
@@ -198,14 +198,14 @@ def test_best_of_n_keeps_the_sample_the_reward_ranks_highest(tiny_model, tiny_to
 
 
 def test_best_of_n_reranks_with_a_reward_model(tiny_model, tiny_tokenizer, tmp_path):
-    from rlhf_lab.models import load_reward_model
+    from rlhf_lab.models import load_scalar_head_model
 
-    reward_model = load_reward_model(ModelConfig(), tiny_tokenizer.pad_token_id)
+    reward_model = load_scalar_head_model(ModelConfig(), tiny_tokenizer.pad_token_id)
     with torch.no_grad():
         reward_model.score.weight.normal_(generator=torch.Generator().manual_seed(0))
     reward_model.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
-    scorer = RewardModelScore(ModelRewardConfig(name="model", path=str(tmp_path)))
+    scorer = RewardModelScorer(ModelRewardConfig(name="model", path=str(tmp_path)))
     task = additions(max_new_tokens=8)
     lm = LM(tiny_model, tiny_tokenizer, task, "prompting=best_of_n", Reward("'model'", scorer))
     answers = strategy(S.BestOfN, S.BestOfNConfig, n=3, temperature=1.0).run(task.docs, task, lm, random.Random(0))

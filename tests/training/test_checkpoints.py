@@ -93,6 +93,7 @@ def test_a_full_disk_names_path_and_free_space_removes_the_temporary_file_and_ke
     assert target.read_bytes() == before
 
 
+@pytest.mark.slow  # a subprocess under a file size limit
 def test_a_file_size_limit_fails_the_write_cleanly(tmp_path):
     """The RLIMIT_FSIZE variant of a full disk (EFBIG), in a child process."""
     target = tmp_path / "big.ckpt"
