@@ -33,7 +33,7 @@ from rlhf_lab.data.collate import pad_collate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.lab import world
 from rlhf_lab.models import eval_mode, frozen, load_causal_lm
-from rlhf_lab.objectives.rm import sequence_rewards
+from rlhf_lab.models.heads import sequence_rewards
 from rlhf_lab.rewards.ensemble import EnsembleScore
 from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps

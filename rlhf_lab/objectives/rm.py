@@ -19,7 +19,8 @@ import torch
 from rlhf_lab import hookimpl
 from rlhf_lab.config import ObjectiveConfig
 from rlhf_lab.data.tokenize import Encoder
-from rlhf_lab.models import disable_dropout, unwrap
+from rlhf_lab.models import disable_dropout
+from rlhf_lab.models.heads import sequence_rewards
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.losses import bradley_terry
 
@@ -29,31 +30,6 @@ class RMConfig(ObjectiveConfig):
     margin: float = 0.0  # m: the chosen reward must beat the rejected one by at least this (Llama 2); 0: off
     center_coef: float = 0.0  # eta: weight of the reward-centering term (r_w + r_l)^2 (Eisenstein et al. 2023); 0: off
     disable_dropout: bool = True  # chosen and rejected scored under the same weights, not two dropout masks (as TRL)
-
-
-def sequence_rewards(model, batch: dict) -> torch.Tensor:
-    """(num_sequences,) the scalar head at each sequence's last token that is not the padding token
-    (the model config's ``pad_token_id``), for padded or packed batches.
-
-    That is where ``AutoModelForSequenceClassification`` reads it (the rightmost token that is not
-    padding), so the exported model scores the same ids exactly as training did. When the
-    tokenizer pads with EOS (GPT-2, Llama 3) the EOS that ends every sequence counts as padding and
-    the reward is read at the answer's last token; otherwise at the EOS.
-    """
-    base = unwrap(model)
-    backbone = getattr(base, base.base_model_prefix)
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
-    hidden = backbone(**inputs, use_cache=False).last_hidden_state.flatten(0, 1)  # (B*T, H)
-    seq_ids = batch["seq_ids"].flatten()  # (B*T,), -1 on padding
-    real = seq_ids >= 0
-    pad_id = base.config.get_text_config().pad_token_id
-    content = real & (batch["input_ids"].flatten() != pad_id) if pad_id is not None else real
-    positions = torch.arange(seq_ids.numel(), device=seq_ids.device)  # (B*T,)
-    n = batch["num_sequences"]
-    # A sequence of padding tokens only is read at its first token, as transformers reads such a row.
-    first = torch.full((n,), seq_ids.numel(), device=seq_ids.device).scatter_reduce(0, seq_ids[real], positions[real], reduce="amin")
-    last = first.scatter_reduce(0, seq_ids[content], positions[content], reduce="amax")  # (n,) flat index of each last token
-    return base.score(hidden[last]).squeeze(-1).float()  # (n,)
 
 
 class RewardModel(Objective):

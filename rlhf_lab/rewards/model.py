@@ -3,7 +3,7 @@
 ``DIR`` holds an ``AutoModelForSequenceClassification`` with one label and its tokenizer, as
 ``objective=rm`` exports. Prompt and completion are encoded exactly as the reward model saw them
 in training (its own tokenizer and chat template, completion ended by EOS), and scored in batches
-with the head read where training read it (``rlhf_lab.objectives.rm.sequence_rewards``).
+with the head read where training read it (``rlhf_lab.models.heads.sequence_rewards``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rlhf_lab.data.collate import pad_collate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import frozen, max_positions
-from rlhf_lab.objectives.rm import sequence_rewards
+from rlhf_lab.models.heads import sequence_rewards
 from rlhf_lab.rewards.python import import_callable
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlhf_lab.models import unwrap
+from rlhf_lab.models.heads import scalar_head
 
 
 @dataclass
@@ -103,9 +103,6 @@ def entropy(logits: Tensor) -> Tensor:
 
 
 def completion_values(critic, input_ids: Tensor, attention_mask: Tensor, width: int) -> Tensor:
-    """(N, C = width) V(s_t): a scalar head (``AutoModelForSequenceClassification``'s ``score``)
-    read at every position that precedes a completion token, i.e. before each action."""
-    base = unwrap(critic)
-    backbone = getattr(base, base.base_model_prefix)
-    hidden = backbone(**_inputs(input_ids, attention_mask)).last_hidden_state[:, -width - 1 : -1]  # (N, C, H)
-    return base.score(hidden).squeeze(-1).float()  # (N, C)
+    """(N, C = width) V(s_t): the critic's scalar head read at every position that precedes a
+    completion token, i.e. before each action."""
+    return scalar_head(critic, _inputs(input_ids, attention_mask), lambda hidden: hidden[:, -width - 1 : -1])  # (N, C)

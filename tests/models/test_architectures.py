@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from rlhf_lab.data.collate import pad_collate
 from rlhf_lab.data.synthetic import generate
 from rlhf_lab.data.tokenize import Encoder
-from rlhf_lab.objectives.rm import sequence_rewards
+from rlhf_lab.models.heads import sequence_rewards
 from tests.archs import FAMILIES
 from tests.inprocess import QUICK, run_in_process
 

@@ -14,7 +14,8 @@ from rlhf_lab.data.collate import pad_collate, packed_collate
 from rlhf_lab.data.synthetic import generate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.models import ModelFactory, export_pretrained, load_tokenizer
-from rlhf_lab.objectives.rm import RewardModel, RMConfig, sequence_rewards
+from rlhf_lab.models.heads import sequence_rewards
+from rlhf_lab.objectives.rm import RewardModel, RMConfig
 
 
 def softplus(z: float) -> float:

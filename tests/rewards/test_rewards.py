@@ -12,7 +12,7 @@ from rlhf_lab.data.collate import pad_collate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import load_scalar_head_model
-from rlhf_lab.objectives.rm import sequence_rewards
+from rlhf_lab.models.heads import sequence_rewards
 from rlhf_lab.plugins import load_plugins
 from rlhf_lab.rewards import Reward, RewardError, build_reward
 from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
