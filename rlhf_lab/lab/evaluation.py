@@ -34,6 +34,7 @@ from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.lab import world
 from rlhf_lab.models import eval_mode, frozen, load_causal_lm
 from rlhf_lab.models.heads import sequence_rewards
+from rlhf_lab.objectives.losses import pair_metrics
 from rlhf_lab.rewards.ensemble import EnsembleScore
 from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps
@@ -145,17 +146,18 @@ class WorldEvaluation(L.Callback):
         """Accuracy on test-split pairs (labels drawn from Bradley-Terry) against the Bayes-optimal one."""
         rows = world.generate("preference", self.data.eval_pairs, seed=self.data.generator_seed, split="test", temperature=self.data.noise_temperature)
         encoder = Encoder(pl_module.tokenizer, self.data.max_length)
-        margins = []
+        r_chosen, r_rejected = [], []
         with eval_mode(pl_module.trained_model) as model:
             for start in range(0, len(rows), self.data.batch_size):
                 collated = pad_collate(encoder.ranking(rows[start : start + self.data.batch_size]), pl_module.tokenizer.pad_token_id)
                 batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in collated.items()}
                 rewards = sequence_rewards(model, batch)  # (2b,)
                 chosen, rejected = batch["pairs"].unbind(1)  # (b,), (b,)
-                margins.append((rewards[chosen] - rewards[rejected]).cpu())
+                r_chosen.append(rewards[chosen].cpu())
+                r_rejected.append(rewards[rejected].cpu())
         gold_pairs = [(world.gold_reward(r["chosen"]), world.gold_reward(r["rejected"])) for r in rows]
         self._publish(trainer, {
-            "rm_accuracy": (torch.cat(margins) > 0).float().mean().item(),
+            "rm_accuracy": pair_metrics(torch.cat(r_chosen), torch.cat(r_rejected))["accuracy"].item(),
             "bayes_accuracy": world.bayes_accuracy(gold_pairs, self.data.noise_temperature),
         })  # fmt: skip
 

@@ -34,7 +34,7 @@ from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import TINY_DIR, disable_dropout, eval_mode
 from rlhf_lab.models.lm import score_labels
 from rlhf_lab.objectives.base import Objective
-from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps
+from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps, pair_metrics
 from rlhf_lab.training.checkpoints import remove_stale_tmp, write_atomic
 from rlhf_lab.training.faults import fault_point
 
@@ -195,8 +195,7 @@ class DPO(Objective):
         return self.global_token_mean(losses.sum(), len(losses)), {  # the mean over the global batch
             "rewards/chosen": r_chosen.mean(),
             "rewards/rejected": r_rejected.mean(),
-            "rewards/accuracy": (r_chosen > r_rejected).float().mean(),
-            "rewards/margin": (r_chosen - r_rejected).mean(),
+            **{f"rewards/{k}": v for k, v in pair_metrics(r_chosen, r_rejected).items()},
             "logps/chosen": logp_chosen.detach().mean(),
             "logps/rejected": logp_rejected.detach().mean(),
         }

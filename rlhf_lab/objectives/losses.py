@@ -51,6 +51,14 @@ def bradley_terry(r_chosen: Tensor, r_rejected: Tensor, *, margin: float = 0.0, 
     return -F.logsigmoid(r_chosen - r_rejected - margin) + center_coef * (r_chosen + r_rejected) ** 2
 
 
+def pair_metrics(r_chosen: Tensor, r_rejected: Tensor) -> dict[str, Tensor]:
+    """How rewards (learned or implicit) rank B pairs, each (B,): ``accuracy`` the share of pairs
+    with r(x, y_w) > r(x, y_l) (a tie counts as wrong), ``margin`` the mean of r(x, y_w) - r(x, y_l).
+    Metrics only: no gradient flows through them."""
+    margin = (r_chosen - r_rejected).detach()  # (B,)
+    return {"accuracy": (margin > 0).float().mean(), "margin": margin.mean()}
+
+
 def dpo_sigmoid(lp: PreferenceLogps, *, beta: float, **_) -> Losses:
     """DPO, https://arxiv.org/abs/2305.18290, eq. 7:
 

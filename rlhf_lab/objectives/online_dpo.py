@@ -30,7 +30,7 @@ from torch import Tensor
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import eval_mode
-from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps
+from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps, pair_metrics
 from rlhf_lab.objectives.online import OnlineRL, OnlineRLConfig
 from rlhf_lab.rollout.experience import Rollout
 
@@ -119,13 +119,11 @@ class OnlineDPO(OnlineRL):
         decided = (score_w != score_l).float()  # (K,) a tie carries no preference
         loss = self.global_token_mean((losses * decided).sum(), max(int(decided.sum()), 1))
         kept = decided.bool()
-        return loss, {
-            "train/ties": 1 - decided.mean(),
-            "train/rewards/chosen": r_chosen[kept].mean() if kept.any() else r_chosen.new_zeros(()),
-            "train/rewards/rejected": r_rejected[kept].mean() if kept.any() else r_rejected.new_zeros(()),
-            "train/rewards/accuracy": (r_chosen > r_rejected)[kept].float().mean() if kept.any() else r_chosen.new_zeros(()),
-            "train/rewards/margin": (r_chosen - r_rejected)[kept].mean() if kept.any() else r_chosen.new_zeros(()),
-        }
+        if kept.any():
+            rewards = {"chosen": r_chosen[kept].mean(), "rejected": r_rejected[kept].mean(), **pair_metrics(r_chosen[kept], r_rejected[kept])}
+        else:  # every pair a tie: nothing to rank
+            rewards = {k: r_chosen.new_zeros(()) for k in ("chosen", "rejected", "accuracy", "margin")}
+        return loss, {"train/ties": 1 - decided.mean(), **{f"train/rewards/{k}": v for k, v in rewards.items()}}
 
 
 @hookimpl

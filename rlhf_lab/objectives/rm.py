@@ -22,7 +22,7 @@ from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.models import disable_dropout
 from rlhf_lab.models.heads import sequence_rewards
 from rlhf_lab.objectives.base import Objective
-from rlhf_lab.objectives.losses import bradley_terry
+from rlhf_lab.objectives.losses import bradley_terry, pair_metrics
 
 
 @dataclass
@@ -55,8 +55,7 @@ class RewardModel(Objective):
         r_chosen, r_rejected = rewards[better], rewards[worse]  # (P,), (P,)
         losses = bradley_terry(r_chosen, r_rejected, margin=self.cfg.margin, center_coef=self.cfg.center_coef)  # (P,)
         loss = self.global_token_mean(losses.sum(), len(losses))  # the mean over every pair of the global batch
-        margin = (r_chosen - r_rejected).detach()  # (P,)
-        return loss, {"accuracy": (margin > 0).float().mean(), "margin": margin.mean()}
+        return loss, pair_metrics(r_chosen, r_rejected)
 
 
 @hookimpl

@@ -20,7 +20,7 @@ import math
 import pytest
 import torch
 
-from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps, bradley_terry
+from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps, bradley_terry, pair_metrics
 
 BETA = 0.5
 
@@ -155,3 +155,11 @@ def test_bradley_terry_defaults_are_plain():
     # no margin, no centering: L = softplus(-(r_w - r_l)) = [softplus(-0.5), softplus(0.5)]
     losses = bradley_terry(torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5]))
     torch.testing.assert_close(losses, torch.tensor([softplus(-0.5), softplus(0.5)]))
+
+
+def test_pair_metrics_count_a_tie_as_wrong():
+    # r_w - r_l = [1.0, -1.5, 0.0]: one pair of three ranked right (the tie is not), mean margin -0.5 / 3
+    metrics = pair_metrics(torch.tensor([2.0, 0.0, 1.0], requires_grad=True), torch.tensor([1.0, 1.5, 1.0]))
+    torch.testing.assert_close(metrics["accuracy"], torch.tensor(1 / 3))
+    torch.testing.assert_close(metrics["margin"], torch.tensor(-0.5 / 3))
+    assert not metrics["margin"].requires_grad
