@@ -33,6 +33,7 @@ from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import TINY_DIR, disable_dropout, eval_mode
 from rlhf_lab.models.lm import score_labels
+from rlhf_lab.models.reference import Reference
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps, pair_metrics
 from rlhf_lab.training.checkpoints import remove_stale_tmp, write_atomic
@@ -87,12 +88,11 @@ class DPO(Objective):
         if cfg.reference not in REFERENCES:
             raise ConfigError(f"objective.reference must be one of {', '.join(REFERENCES)}; got '{cfg.reference}'.")
         self.uses_reference = self.configure_loss(cfg)
-        self.lora = self.models.cfg.lora.r > 0
+        self.ref = Reference(self.models)
         self.policy = self.models.policy()
         if cfg.disable_dropout:
             disable_dropout(self.policy)
-        live_copy = self.uses_reference and cfg.reference == "live" and not self.lora
-        self.reference = self.models.reference() if live_copy else None
+        self.reference = self.ref.copy() if self.uses_reference and cfg.reference == "live" else None
 
     def configure_loss(self, cfg: DPOConfig) -> bool:
         """Choose the loss from the config; returns whether it reads pi_ref (a subclass's own loss: KTO)."""
@@ -116,11 +116,10 @@ class DPO(Objective):
 
     @torch.no_grad()
     def score_reference(self, batch: dict, reference=None) -> torch.Tensor:
-        """(num_sequences,) log pi_ref(y|x): the policy with LoRA adapters disabled, or ``reference``."""
-        if self.lora:
-            with self.policy.disable_adapter():
-                return self.sequence_logps(self.policy, batch)[0]
-        return self.sequence_logps(reference if reference is not None else self.reference, batch)[0]
+        """(num_sequences,) log pi_ref(y|x): the policy with LoRA adapters disabled, or ``reference``
+        (by default the copy held for ``reference=live``)."""
+        with self.ref.model(self.policy, reference if reference is not None else self.reference) as model:
+            return self.sequence_logps(model, batch)[0]
 
     def precompute_reference(self, features: list[dict], collate, batch_size: int) -> torch.Tensor:
         """(num_features, 2) reference log-probs of each feature's two sequences (chosen and
@@ -147,7 +146,8 @@ class DPO(Objective):
         share = features[rank::world]
         share += features[:1] * (-(-len(features) // world) - len(share))
         # A fresh frozen copy, not the policy: on a resumed run the policy is no longer the initial one.
-        reference = None if self.lora else self.models.reference().to(self.device)
+        reference = self.ref.copy()
+        reference = reference.to(self.device) if reference is not None else None
         mine = []
         with eval_mode(self.policy):
             for batch in DataLoader(share, batch_size=batch_size, collate_fn=collate):

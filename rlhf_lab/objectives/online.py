@@ -36,6 +36,7 @@ from rlhf_lab.config import ObjectiveConfig
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import disable_dropout, eval_mode
+from rlhf_lab.models.reference import Reference
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.rollout.advantages import masked_mean, masked_whiten
 from rlhf_lab.rollout.experience import Rollout, completion_logits, completion_values, entropy, token_logps
@@ -103,10 +104,9 @@ class OnlineRL(Objective):
         # The root of every sampling seed: drawn from the generator the run's seed set, before anything
         # else draws from it, so every process of a run has the same one.
         self.seed = int(torch.randint(2**62, ()))
-        self.lora = self.models.cfg.lora.r > 0
+        self.ref = Reference(self.models)
         self.policy = self.models.policy()
-        # With LoRA the reference is the policy with its adapters disabled: no second copy.
-        self.reference = self.models.reference() if self.uses_reference and not self.lora else None
+        self.reference = self.ref.copy() if self.uses_reference else None
         self.critic = self.models.critic() if self.uses_critic else None
         for model in (self.policy, self.critic):
             if cfg.disable_dropout and model is not None:
@@ -177,14 +177,6 @@ class OnlineRL(Objective):
 
     # --- rollout -------------------------------------------------------------------------------
 
-    @contextmanager
-    def reference_model(self) -> Iterator[torch.nn.Module]:
-        if self.lora:
-            with self.policy.disable_adapter():
-                yield self.policy
-        else:
-            yield self.reference
-
     def sample(self, rows: list[dict], copies: int = 1, draw: int = 0) -> Completions:
         """``copies`` completions of each row's prompt from the current policy (consecutive: a group).
         Completion k of a row is sampled from a seed of (the run's seed, the training step or
@@ -238,7 +230,7 @@ class OnlineRL(Objective):
                 parts["entropy"].append(entropy(logits))  # (n, C)
                 del logits
             if self.uses_reference:
-                with self.reference_model() as reference:
+                with self.ref.model(self.policy, self.reference) as reference:
                     ref_logits = completion_logits(reference, ids, att, width, self.cfg.temperature)  # (n, C, V)
                 parts["ref_logps"].append(token_logps(ref_logits, ids[:, -width:]))  # (n, C)
                 del ref_logits
