@@ -51,10 +51,6 @@ class EvalResult:
 
 class Evaluator:
     def __init__(self, task: Task, strategy: Strategy, strategy_name: str, tokenizer: PreTrainedTokenizerBase, reward=None, who: str | None = None):
-        cfg = task.cfg
-        for key, allowed in (("chat_template", ("auto", "never")), ("on_overflow", ("skip", "error")), ("accuracy_from", ("strict", "flexible"))):
-            if cfg[key] not in allowed:
-                raise ConfigError(f"eval.{key} must be one of {allowed}, got '{cfg[key]}'.")
         self.task, self.strategy, self.tokenizer, self.reward = task, strategy, tokenizer, reward
         self.who = who or f"prompting={strategy_name}"  # for messages; a plugin's strategy names its distribution
         self.prefix = f"eval/{task.name}/{strategy_name}"
