@@ -64,7 +64,7 @@ class Evaluator:
             raise ConfigError(f"{self.who} scores answers with a reward, but no reward is configured: set reward=<name> "
                               "(e.g. reward=model reward.path=DIR, a model trained with objective=rm).")  # fmt: skip
         if type(strategy).prompt is not Strategy.prompt:  # its prompts are checked before any model runs
-            use_chat = Encoder(tokenizer, tokenizer.model_max_length, cfg.chat_template).use_chat
+            use_chat = Encoder(tokenizer, tokenizer.model_max_length, task.cfg.chat_template).use_chat
             rng = random.Random(strategy.cfg.seed)
             for i, doc in enumerate(task.docs):
                 check_prompt(strategy.prompt(doc, task, rng), i, self.who, use_chat)
