@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from rlhf_lab.config import validate
 from rlhf_lab.data.module import DataModule
 from rlhf_lab.data.tokenize import Encoder
-from rlhf_lab.errors import ConfigError, Preempted
+from rlhf_lab.errors import Preempted
 from rlhf_lab.lab.best_of_n import best_of_n
 from rlhf_lab.lab.pipeline import run_pipeline
 from rlhf_lab.models import ModelFactory, fit_to_context, load_tokenizer
@@ -112,8 +112,6 @@ def run(cfg: DictConfig, host: PluginHost, started: float | None = None) -> dict
 
 
 def run_standalone(cfg: DictConfig, host: PluginHost, run_dir: Path, started: float) -> dict:
-    if cfg.mode not in STANDALONE:
-        raise ConfigError(f"mode must be train, {' or '.join(STANDALONE)}; got '{cfg.mode}'.")
     try:
         summary = STANDALONE[cfg.mode](cfg, host, run_dir)
         finish_run(cfg, host, summary, run_dir, started)

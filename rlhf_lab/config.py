@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -20,6 +21,96 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from rlhf_lab.errors import ConfigError
 
 ROOT_SCHEMA = "rlhf_lab_schema"
+
+
+class Choice(str, Enum):
+    """A closed set of options. A schema field of this type is checked while Hydra composes
+    ("Invalid value 'sigmod', expected one of [sigmoid, ipo, cdpo, hinge, simpo]"), so a typo fails
+    in ``--cfg job``. A member is its string: it compares, hashes and prints as one (each name
+    equals its value, because OmegaConf converts a string to a member by name). Options that
+    plugins extend (objective, reward, prompting names...) stay plain strings."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+def choices(name: str, values: Iterable[str], module: str) -> type[Choice]:
+    """A ``Choice`` over the keys of a registry (``choices("KLEstimator", KL_ESTIMATORS, __name__)``):
+    the registry stays the one home of the names."""
+    return Choice(name, [(v, v) for v in values], module=module)
+
+
+class ModelSource(Choice):
+    tiny = "tiny"
+    hf = "hf"
+
+
+class Dtype(Choice):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class OnOverflow(Choice):
+    truncate = "truncate"
+    error = "error"
+
+
+class InvalidRows(Choice):
+    error = "error"
+    drop = "drop"
+
+
+class Scheduler(Choice):
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+
+
+class Strategy(Choice):
+    auto = "auto"
+    ddp = "ddp"
+    ddp_spawn = "ddp_spawn"
+    fsdp = "fsdp"
+    deepspeed = "deepspeed"
+
+
+class LoggerName(Choice):
+    wandb = "wandb"
+    csv = "csv"
+    tensorboard = "tensorboard"
+    none = "none"
+
+
+class EvalKind(Choice):
+    generation = "generation"
+    multiple_choice = "multiple_choice"
+    loglikelihood_rolling = "loglikelihood_rolling"
+
+
+class Extraction(Choice):
+    strict = "strict"
+    flexible = "flexible"
+
+
+class EvalOnOverflow(Choice):
+    skip = "skip"
+    error = "error"
+
+
+class ChatTemplate(Choice):
+    auto = "auto"
+    never = "never"
+
+
+class Mode(Choice):
+    train = "train"
+    eval = "eval"
+    self_instruct = "self_instruct"
+    best_of_n = "best_of_n"
 
 
 @dataclass
@@ -32,11 +123,11 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    source: str = "tiny"  # tiny: the embedded model; hf: a hub id or local directory
+    source: ModelSource = ModelSource.tiny  # tiny: the embedded model; hf: a hub id or local directory
     name_or_path: str = "tiny"  # hub id or directory when source=hf
     revision: Optional[str] = None
     trust_remote_code: bool = False  # never run a repository's code unless asked
-    dtype: str = "float32"  # weights dtype: float32 | bfloat16 | float16
+    dtype: Dtype = Dtype.float32  # weights dtype: float32 | bfloat16 | float16
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2; None: transformers' choice
     gradient_checkpointing: bool = False  # recompute decoder layers' activations in the backward pass (less memory, more compute)
     gradient_checkpointing_every: int = 1  # checkpoint every n-th decoder layer only (the rest keep theirs): memory and cost in between
@@ -74,8 +165,8 @@ class DataConfig(SourceConfig):
     batch_size: int = 8
     eval_batch_size: Optional[int] = None  # None: batch_size
     max_length: int = 512  # tokens per sequence (prompt + completion); at most the model's positions (cut to them)
-    on_overflow: str = "truncate"  # truncate (counted and reported) | error
-    invalid_rows: str = "error"  # error: stop before training naming the row | drop: skip and count
+    on_overflow: OnOverflow = OnOverflow.truncate  # truncate (counted and reported) | error
+    invalid_rows: InvalidRows = InvalidRows.error  # error: stop before training naming the row | drop: skip and count
     shuffle: bool = True
     padding_free: bool = False  # pack each batch into rows of up to pack_width tokens with restarting position ids: no compute on padding
     pack_width: Optional[int] = None  # padding_free row width in tokens; None: max_length; 0: the whole batch in one row
@@ -98,7 +189,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    scheduler: str = "cosine"  # cosine | linear | constant (all after linear warmup)
+    scheduler: Scheduler = Scheduler.cosine  # cosine | linear | constant (all after linear warmup)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # floor of cosine / linear decay as a share of lr
     grad_clip: Optional[float] = 1.0  # max gradient norm; None: no clipping
@@ -111,7 +202,7 @@ class TrainerConfig:
     accelerator: str = "auto"  # cpu | gpu | auto
     devices: Any = 1  # int, list of ids, or "auto"
     num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | fsdp
+    strategy: Strategy = Strategy.auto  # auto | ddp | ddp_spawn | fsdp | deepspeed
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | bf16-true
     max_steps: int = 200  # optimiser steps (rollout batches for online RL)
     max_epochs: int = -1  # -1: bounded by max_steps only
@@ -126,7 +217,7 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "wandb"  # wandb | csv | tensorboard | none
+    name: LoggerName = LoggerName.wandb  # wandb | csv | tensorboard | none
     project: str = "rlhf_lab"  # W&B project
     entity: Optional[str] = None
     mode: Optional[str] = None  # W&B mode; None: online with credentials, offline without
@@ -159,7 +250,7 @@ class EvalConfig(SourceConfig):
     num_rows: int = 100
     generator_seed: int = 12345  # not the training data's seed: evaluation rows are new questions
     name: str = "synthetic"  # task name in metric keys: eval/<name>/<strategy>/accuracy
-    kind: str = "generation"  # generation: exact match of the extracted answer | multiple_choice: log-likelihood of each choice | loglikelihood_rolling: perplexity of each text
+    kind: EvalKind = EvalKind.generation  # generation: exact match of the extracted answer | multiple_choice: log-likelihood of each choice | loglikelihood_rolling: perplexity of each text
     fewshot_path: Optional[str] = None  # exemplar file (same fields); None: the evaluated rows, never the one being asked
     answer_split: Optional[str] = None  # marker between steps and final answer in the answer column (GSM8K: "####")
     question_template: str = "{question}"  # str.format over the row's fields; {options} lists labelled choices
@@ -171,13 +262,13 @@ class EvalConfig(SourceConfig):
     max_new_tokens: int = 32
     strict_pattern: str = r"^\s*([^\n]*?)\s*$"  # answer = first match (its first non-empty group, if any); default: the whole completion
     flexible_pattern: str = r"([^\n]*\S)"  # answer = last match; default: the last non-empty line
-    accuracy_from: str = "flexible"  # the extraction that `accuracy` reports for generation tasks: strict | flexible
+    accuracy_from: Extraction = Extraction.flexible  # the extraction that `accuracy` reports for generation tasks: strict | flexible
     ignore_case: bool = False
     ignore_patterns: List[str] = field(default_factory=lambda: ["\\.$"])  # regexes removed from answer and gold before comparing
-    chat_template: str = "auto"  # auto: prompts go through the tokenizer's chat template when it has one | never
+    chat_template: ChatTemplate = ChatTemplate.auto  # auto: prompts go through the tokenizer's chat template when it has one | never
     batch_size: int = 32
     max_length: Optional[int] = None  # model context in tokens; None: the model config's
-    on_overflow: str = "skip"  # a prompt longer than the context: skip (counted and logged) | error
+    on_overflow: EvalOnOverflow = EvalOnOverflow.skip  # a prompt longer than the context: skip (counted and logged) | error
     every_n_steps: Optional[int] = None  # during training: also every N optimiser steps (always before and at the end)
     log_samples: int = 64  # rows of the prompts/completions table sent to W&B
 
@@ -253,7 +344,7 @@ class RunConfig:
     self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
     best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)
     pipeline: Optional[PipelineConfig] = None  # stages run one after another (pipeline=rlhf|dpo|kto|compare); None: one run
-    mode: str = "train"  # train | eval (evaluate `model` on `eval`, no training) | self_instruct (write instruction data) | best_of_n (the lab's best-of-n baseline)
+    mode: Mode = Mode.train  # train | eval (evaluate `model` on `eval`, no training) | self_instruct (write instruction data) | best_of_n (the lab's best-of-n baseline)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     seed: int = 42
     experiment: str = "default"  # experiment name: the W&B group of a single run

@@ -79,7 +79,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume: dict | None = None) ->
         # The resolved config, as W&B gets it: hparams.yaml, and TensorBoard's HPARAMS tab (written
         # once, by the run's first process: a resumed one would add its summaries at step 0 again).
         if name == "csv" or resume is None:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         return [logger]
     if name == "wandb":
         logger = WandbLogger(
@@ -91,7 +91,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume: dict | None = None) ->
             save_dir=str(run_dir),
             mode=wandb_mode(cfg.logger.mode),
             tags=list(cfg.logger.tags),
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             id=wandb_run_id(run_dir) if resume is not None else None,  # WandbLogger passes resume="allow"
         )
         # Lightning always passes anonymous=None to wandb.init, where any value, None included,

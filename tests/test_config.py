@@ -215,3 +215,64 @@ def test_a_model_directory_needs_its_config_and_its_tokenizer(composer, tmp_path
 def test_the_defaults_and_every_preset_pass(composer):
     for overrides in ([], ["objective=dpo"], ["pipeline=rlhf"], ["data=mixture"], ["objective=ppo", "reward=verifiable"]):
         validate(composer(*overrides))
+
+
+# Each closed set of options (a Choice field) and what it allows, in the order the error lists them.
+CHOICES = [
+    (["model.source=local"], "model.source", "tiny, hf"),
+    (["model.dtype=float64"], "model.dtype", "float32, bfloat16, float16"),
+    (["data.on_overflow=cut"], "data.on_overflow", "truncate, error"),
+    (["data.invalid_rows=skip"], "data.invalid_rows", "error, drop"),
+    (["optim.scheduler=cosin"], "optim.scheduler", "cosine, linear, constant"),
+    (["trainer.strategy=dpp"], "trainer.strategy", "auto, ddp, ddp_spawn, fsdp, deepspeed"),
+    (["logger.name=wandbb"], "logger.name", "wandb, csv, tensorboard, none"),
+    (["mode=evaluate"], "mode", "train, eval, self_instruct, best_of_n"),
+    (["eval=synthetic", "eval.kind=generate"], "eval.kind", "generation, multiple_choice, loglikelihood_rolling"),
+    (["eval=synthetic", "eval.accuracy_from=loose"], "eval.accuracy_from", "strict, flexible"),
+    (["eval=synthetic", "eval.on_overflow=truncate"], "eval.on_overflow", "skip, error"),
+    (["eval=synthetic", "eval.chat_template=always"], "eval.chat_template", "auto, never"),
+    (["objective=dpo", "objective.loss=sigmod"], "objective.loss", "sigmoid, ipo, cdpo, hinge, simpo"),
+    (["objective=dpo", "objective.reference=none"], "objective.reference", "precompute, live"),
+    (["objective=online_dpo", "objective.loss=kto"], "objective.loss", "sigmoid, ipo, cdpo, hinge, simpo"),
+    (["objective=ppo", "objective.kl_estimator=k4"], "objective.kl_estimator", "k1, k2, k3"),
+    (["objective=grpo", "objective.kl_estimator=k4"], "objective.kl_estimator", "k1, k2, k3"),
+    (["objective=grpo", "objective.loss_aggregation=tokens"], "objective.loss_aggregation", "token, sequence"),
+    (["objective=grpo", "objective.generator=tgi"], "objective.generator", "hf, vllm"),
+    (["objective=grpo", "reward=ensemble", "reward.aggregate=max"], "reward.aggregate", "mean, min, uwo"),
+    (["prompting=best_of_n", "prompting.rank=gold"], "prompting.rank", "reward, loglikelihood"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,allowed", CHOICES)
+def test_a_typo_in_a_closed_option_fails_while_composing_naming_the_allowed_values(overrides, key, allowed):
+    bad = overrides[-1].split("=")[1]
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cli(*overrides)
+    message = str(err.value.__cause__)  # what the CLI prints under "Error merging override ..."
+    assert f"Invalid value '{bad}', expected one of [{allowed}]" in message and f"full_key: {key}" in message
+    good = allowed.split(", ")[-1]
+    assert str(OmegaConf.select(compose_cli(*overrides[:-1], f"{key}={good}"), key)) == good
+
+
+def test_saved_configs_hold_plain_strings(tmp_path):
+    """.hydra/config.yaml (OmegaConf.save), the hparams W&B and CSV get (tracking), and the config
+    stored in a checkpoint (resume fingerprint, read back with torch.load(weights_only=True)) hold
+    a Choice as its plain string, never an Enum object."""
+    import torch
+    import yaml
+
+    from rlhf_lab.tracking import build_loggers
+    from rlhf_lab.training.resume import config_fingerprint
+
+    cfg = compose_cli("objective=grpo", "reward=ensemble", "logger=csv", "mode=train")
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert (saved["objective"]["kl_estimator"], saved["optim"]["scheduler"], saved["mode"]) == ("k3", "cosine", "train")
+    [logger] = build_loggers(cfg, tmp_path)
+    logger.save()
+    hparams = yaml.safe_load((tmp_path / "hparams.yaml").read_text())  # safe_load refuses python/object tags
+    assert (hparams["reward"]["aggregate"], hparams["logger"]["name"]) == ("mean", "csv")
+    fingerprint = config_fingerprint(cfg)
+    assert type(fingerprint["mode"]) is str and type(fingerprint["objective.loss_aggregation"]) is str
+    torch.save(fingerprint, tmp_path / "fingerprint.pt")
+    assert torch.load(tmp_path / "fingerprint.pt", weights_only=True) == fingerprint

@@ -44,8 +44,6 @@ class Encoder:
     template; without one they are an error that says so, never turns joined without their roles."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, chat_template: str = "auto", on_overflow: str = "truncate"):
-        if on_overflow not in ("truncate", "error"):
-            raise DataError(f"data.on_overflow must be 'truncate' or 'error', got '{on_overflow}'.")
         if chat_template not in ("auto", "never"):
             path = Path(chat_template)
             tokenizer.chat_template = path.read_text() if "{" not in chat_template and path.is_file() else chat_template

@@ -35,9 +35,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def _location(cfg: ModelConfig) -> str:
     if cfg.source == "tiny":
         return str(TINY_DIR)
-    if cfg.source == "hf":
-        return cfg.name_or_path
-    raise ConfigError(f"model.source must be 'tiny' or 'hf', got '{cfg.source}'.")
+    return cfg.name_or_path  # source=hf
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
@@ -75,10 +73,7 @@ def fit_to_context(max_length: int, cfg: ModelConfig) -> int:
 
 
 def _dtype(cfg: ModelConfig) -> torch.dtype:
-    try:
-        return DTYPES[cfg.dtype]
-    except KeyError:
-        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got '{cfg.dtype}'.") from None
+    return DTYPES[cfg.dtype]
 
 
 def quiet_progress_bars() -> None:

@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):
     """Multiplier of ``lr`` at a step: linear warmup, then cosine / linear decay to ``min_lr_ratio``, or constant."""
-    if cfg.scheduler not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"optim.scheduler must be cosine, linear or constant, got '{cfg.scheduler}'.")
-
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps

@@ -28,9 +28,8 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
 from rlhf_lab import hookimpl
-from rlhf_lab.config import ModelConfig, ObjectiveConfig
+from rlhf_lab.config import Choice, ModelConfig, ObjectiveConfig, choices
 from rlhf_lab.data.tokenize import Encoder
-from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import TINY_DIR, disable_dropout, eval_mode
 from rlhf_lab.models.lm import score_labels
 from rlhf_lab.models.reference import Reference
@@ -40,14 +39,19 @@ from rlhf_lab.training.checkpoints import remove_stale_tmp, write_atomic
 from rlhf_lab.training.faults import fault_point
 
 log = logging.getLogger(__name__)
-REFERENCES = ("precompute", "live")
+PreferenceLoss = choices("PreferenceLoss", PREFERENCE_LOSSES, __name__)  # objective.loss of DPO and online DPO
+
+
+class Reference(Choice):
+    precompute = "precompute"
+    live = "live"
 
 
 @dataclass
 class ReferenceConfig(ObjectiveConfig):
     """What every objective of a policy against a frozen reference shares (DPO, KTO)."""
 
-    reference: str = "precompute"  # precompute: score the data once before training, cached on disk | live: score every batch
+    reference: Reference = Reference.precompute  # precompute: score the data once before training, cached on disk | live: score every batch
     ref_cache_dir: str = ""  # where precomputed reference log-probs are kept; "" = $RLHF_LAB_CACHE/ref_logps (default ~/.cache/rlhf_lab)
     disable_dropout: bool = True  # dropout makes pi and pi_ref disagree on the same weights (as TRL, off by default)
 
@@ -55,7 +59,7 @@ class ReferenceConfig(ObjectiveConfig):
 @dataclass
 class DPOConfig(ReferenceConfig):
     beta: float = 0.1  # strength of the pull toward the reference; scales the implicit reward
-    loss: str = "sigmoid"  # sigmoid | ipo | cdpo | hinge | simpo (rlhf_lab/objectives/losses.py)
+    loss: PreferenceLoss = PreferenceLoss.sigmoid  # sigmoid | ipo | cdpo | hinge | simpo (rlhf_lab/objectives/losses.py)
     label_smoothing: float = 0.1  # cdpo only: eps, the assumed probability that a preference label is flipped
     gamma: float = 0.5  # simpo only: target margin between length-normalised rewards
     nll_coef: float = 0.0  # alpha: adds alpha * NLL(chosen) (per token) to every pair's loss, RPO (https://arxiv.org/abs/2404.19733; TRL's rpo_alpha); 0: off
@@ -85,8 +89,6 @@ class DPO(Objective):
 
     def __init__(self, cfg: DPOConfig, **kwargs):
         super().__init__(cfg, **kwargs)
-        if cfg.reference not in REFERENCES:
-            raise ConfigError(f"objective.reference must be one of {', '.join(REFERENCES)}; got '{cfg.reference}'.")
         self.uses_reference = self.configure_loss(cfg)
         self.ref = Reference(self.models)
         self.policy = self.models.policy()
@@ -96,8 +98,6 @@ class DPO(Objective):
 
     def configure_loss(self, cfg: DPOConfig) -> bool:
         """Choose the loss from the config; returns whether it reads pi_ref (a subclass's own loss: KTO)."""
-        if cfg.loss not in PREFERENCE_LOSSES:
-            raise ConfigError(f"objective.loss must be one of {', '.join(PREFERENCE_LOSSES)}; got '{cfg.loss}'.")
         self.loss_fn = PREFERENCE_LOSSES[cfg.loss]
         self.loss_kwargs = dict(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma)
         return cfg.loss not in REFERENCE_FREE

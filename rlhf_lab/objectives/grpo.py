@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_lab import hookimpl
-from rlhf_lab.objectives.online import GroupConfig, GroupRL
+from rlhf_lab.objectives.online import GroupConfig, GroupRL, KLEstimator
 from rlhf_lab.rollout.advantages import group_advantages, masked_mean
 from rlhf_lab.rollout.experience import Rollout
 
@@ -27,7 +27,7 @@ from rlhf_lab.rollout.experience import Rollout
 @dataclass
 class GRPOConfig(GroupConfig):
     beta: float = 0.04  # weight of the KL loss term; 0: no reference model
-    kl_estimator: str = "k3"
+    kl_estimator: KLEstimator = KLEstimator.k3
     scale_rewards: bool = True  # divide by the group's std (False: Dr. GRPO, https://arxiv.org/abs/2503.20783)
 
 

@@ -30,6 +30,7 @@ from torch import Tensor
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import eval_mode
+from rlhf_lab.objectives.dpo import PreferenceLoss
 from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps, pair_metrics
 from rlhf_lab.objectives.online import OnlineRL, OnlineRLConfig
 from rlhf_lab.rollout.experience import Rollout
@@ -38,7 +39,7 @@ from rlhf_lab.rollout.experience import Rollout
 @dataclass
 class OnlineDPOConfig(OnlineRLConfig):
     beta: float = 0.1  # DPO's beta (the KL coefficient of online RL's schema is not used otherwise)
-    loss: str = "sigmoid"  # sigmoid | ipo | cdpo | hinge | simpo (rlhf_lab/objectives/losses.py)
+    loss: PreferenceLoss = PreferenceLoss.sigmoid  # sigmoid | ipo | cdpo | hinge | simpo (rlhf_lab/objectives/losses.py)
     label_smoothing: float = 0.1  # cdpo only
     gamma: float = 0.5  # simpo only
     nll_coef: float = 0.0  # alpha: adds alpha * NLL(y_w) per token to every pair's loss (RPO); 0: off
@@ -57,8 +58,6 @@ def winners_first(scores: Tensor) -> Tensor:
 class OnlineDPO(OnlineRL):
     def __init__(self, cfg: OnlineDPOConfig, **kwargs):
         super().__init__(cfg, **kwargs)
-        if cfg.loss not in PREFERENCE_LOSSES:
-            raise ConfigError(f"objective.loss must be one of {', '.join(PREFERENCE_LOSSES)}; got '{cfg.loss}'.")
         if cfg.minibatches != 1:
             raise ConfigError(f"objective=online_dpo trains on each step's pairs whole: objective.minibatches must be 1; got {cfg.minibatches}.")
         self.loss_fn = PREFERENCE_LOSSES[cfg.loss]

@@ -51,10 +51,6 @@ class EvalResult:
 
 class Evaluator:
     def __init__(self, task: Task, strategy: Strategy, strategy_name: str, tokenizer: PreTrainedTokenizerBase, reward=None, who: str | None = None):
-        cfg = task.cfg
-        for key, allowed in (("chat_template", ("auto", "never")), ("on_overflow", ("skip", "error")), ("accuracy_from", ("strict", "flexible"))):
-            if cfg[key] not in allowed:
-                raise ConfigError(f"eval.{key} must be one of {allowed}, got '{cfg[key]}'.")
         self.task, self.strategy, self.tokenizer, self.reward = task, strategy, tokenizer, reward
         self.who = who or f"prompting={strategy_name}"  # for messages; a plugin's strategy names its distribution
         self.prefix = f"eval/{task.name}/{strategy_name}"
@@ -68,7 +64,7 @@ class Evaluator:
             raise ConfigError(f"{self.who} scores answers with a reward, but no reward is configured: set reward=<name> "
                               "(e.g. reward=model reward.path=DIR, a model trained with objective=rm).")  # fmt: skip
         if type(strategy).prompt is not Strategy.prompt:  # its prompts are checked before any model runs
-            use_chat = Encoder(tokenizer, tokenizer.model_max_length, cfg.chat_template).use_chat
+            use_chat = Encoder(tokenizer, tokenizer.model_max_length, task.cfg.chat_template).use_chat
             rng = random.Random(strategy.cfg.seed)
             for i, doc in enumerate(task.docs):
                 check_prompt(strategy.prompt(doc, task, rng), i, self.who, use_chat)

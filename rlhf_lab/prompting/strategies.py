@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar, Optional, Union
 
 from rlhf_lab import hookimpl
-from rlhf_lab.config import PromptingConfig
+from rlhf_lab.config import Choice, PromptingConfig
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.prompting.extract import majority
 from rlhf_lab.prompting.lm import LM
@@ -211,10 +211,15 @@ class SelfRefine(ChainOfThought):
         return answers
 
 
+class Rank(Choice):
+    reward = "reward"
+    loglikelihood = "loglikelihood"
+
+
 @dataclass
 class BestOfNConfig(SelfConsistencyConfig):
     n: int = 8  # sampled chains per question
-    rank: str = "reward"  # reward: the run's reward source (reward=...) scores each sample | loglikelihood: the model's own mean log-probability per token
+    rank: Rank = Rank.reward  # reward: the run's reward source (reward=...) scores each sample | loglikelihood: the model's own mean log-probability per token
 
 
 class BestOfN(ChainOfThought):
@@ -226,8 +231,6 @@ class BestOfN(ChainOfThought):
 
     def __init__(self, cfg: BestOfNConfig):
         super().__init__(cfg)
-        if cfg.rank not in ("reward", "loglikelihood"):
-            raise ConfigError(f"prompting.rank must be reward or loglikelihood, got '{cfg.rank}'.")
         if cfg.n < 1:
             raise ConfigError(f"prompting.n must be >= 1, got {cfg.n}.")
         self.needs_reward = cfg.rank == "reward"

@@ -23,7 +23,6 @@ from rlhf_lab.data.sources import load_source
 from rlhf_lab.errors import ConfigError, DataError
 
 ROLLING = "loglikelihood_rolling"  # perplexity of held-out text (lm-evaluation-harness's output type of that name)
-KINDS = ("generation", "multiple_choice", ROLLING)
 
 
 @dataclass
@@ -50,8 +49,6 @@ class Task:
     def from_rows(cls, rows: list[dict], **options) -> Task:
         """A task over in-memory rows (for tests): ``options`` are ``eval`` fields (``question_template``, ...)."""
         cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), options)
-        if cfg.kind not in KINDS:
-            raise ConfigError(f"eval.kind must be one of {KINDS}, got '{cfg.kind}'.")
         return cls(cfg, [to_doc({"_source": "rows", "_row": i, **row}, cfg) for i, row in enumerate(rows, start=1)], None)
 
     def question(self, doc: Doc) -> str:
@@ -147,8 +144,6 @@ def _docs(name: str, src: SourceConfig | EvalConfig, cfg: EvalConfig, loaders: d
 def load_task(cfg: EvalConfig, loaders: dict[str, Callable], exemplar_split: str | None = None) -> Task:
     """The task's documents and its exemplar pool: ``exemplar_split`` of the same source when given
     (none when it is the evaluated split), else ``eval.fewshot_path``, else none."""
-    if cfg.kind not in KINDS:
-        raise ConfigError(f"eval.kind must be one of {KINDS}, got '{cfg.kind}'.")
     docs = _docs(cfg.name, cfg, cfg, loaders)
     pool = None
     if exemplar_split and cfg.path and Path(cfg.path).is_file():

@@ -15,7 +15,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from rlhf_lab.config import RewardConfig
+from rlhf_lab.config import RewardConfig, choices
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rewards.python import import_callable
@@ -38,12 +38,13 @@ def uncertainty_weighted(scores: Tensor, *, uwo_coef: float, **_) -> Tensor:
 
 
 AGGREGATES = {"mean": mean_score, "min": worst_case, "uwo": uncertainty_weighted}  # scores (k, N) -> (N,)
+Aggregate = choices("Aggregate", AGGREGATES, __name__)
 
 
 @dataclass
 class EnsembleRewardConfig(RewardConfig):
     paths: List[str] = field(default_factory=list)  # directories of exported reward models (objective=rm), k >= 2
-    aggregate: str = "mean"  # mean | min (WCO) | uwo (mean - uwo_coef * variance)
+    aggregate: Aggregate = Aggregate.mean  # mean | min (WCO) | uwo (mean - uwo_coef * variance)
     uwo_coef: float = 0.5  # lambda of uwo, in reward units^-1 (the variance is in reward units squared)
     batch_size: int = 32  # sequences per forward pass of each member
     max_length: int = 1024  # tokens per prompt + completion; longer completions are cut at the end
@@ -59,8 +60,6 @@ class EnsembleScore(torch.nn.Module):
         super().__init__()
         if len(cfg.paths) < 2:
             raise ConfigError(f"reward=ensemble needs reward.paths with at least 2 reward model directories; got {list(cfg.paths)}.")
-        if cfg.aggregate not in AGGREGATES:
-            raise ConfigError(f"reward.aggregate must be one of {', '.join(AGGREGATES)}; got '{cfg.aggregate}'.")
         self.members = torch.nn.ModuleList(
             RewardModelScorer(ModelRewardConfig(path=p, batch_size=cfg.batch_size, max_length=cfg.max_length, chat_template=cfg.chat_template))
             for p in cfg.paths

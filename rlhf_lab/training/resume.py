@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf_lab.config import Choice
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.training.loggers import ContinuedCSVLogger
 from rlhf_lab.training.callbacks import metric_values
@@ -54,8 +55,8 @@ def config_fingerprint(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(value, dict):  # an empty one adds no key: a key that appears later reads "<unset> -> value"
             for k, v in value.items():
                 walk(v, f"{key}.{k}")
-        else:
-            flat[key] = value
+        else:  # a checkpoint holds plain values: a Choice as its string
+            flat[key] = str(value) if isinstance(value, Choice) else value
 
     for key, value in cfg.items():
         if key not in UNCHECKED:

@@ -23,11 +23,6 @@ def test_tiny_init_is_seeded():
     assert not torch.equal(a.lm_head.weight, b.lm_head.weight)
 
 
-def test_unknown_dtype_is_a_config_error():
-    with pytest.raises(ConfigError, match="model.dtype"):
-        load_causal_lm(ModelConfig(dtype="float8"))
-
-
 def test_lora_trains_adapters_only_and_exports_merged(tmp_path, tiny_tokenizer):
     model = load_causal_lm(ModelConfig(lora=LoraConfig(r=4)))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

@@ -1,15 +1,11 @@
 """Rollout layout, forward passes on left-padded batches, and the HF generation backend, on the tiny model."""
 
-from types import SimpleNamespace
-
-import pytest
 import torch
 
 from rlhf_lab.config import ModelConfig
-from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import load_causal_lm, load_scalar_head_model
 from rlhf_lab.rollout.experience import Rollout, completion_logits, completion_values, entropy, token_logps
-from rlhf_lab.rollout.generation import HFGenerator, Sampling, build_generator, cut_at_eos, sample_from_uniform
+from rlhf_lab.rollout.generation import HFGenerator, Sampling, cut_at_eos, sample_from_uniform
 
 PROMPTS = [[3, 40, 41, 42], [3, 50]]
 COMPLETIONS = [[60, 61, 2], [70]]
@@ -115,6 +111,3 @@ def test_hf_generator_reports_the_policys_log_probs_at_the_sampling_temperature(
     torch.testing.assert_close(completions.entropy, entropy(logits) * mask, atol=1e-4, rtol=0)
 
 
-def test_unknown_generator_is_a_config_error(tiny_tokenizer):
-    with pytest.raises(ConfigError, match="objective.generator must be one of hf, vllm"):
-        build_generator(SimpleNamespace(generator="tgi"), torch.nn.Linear(1, 1), tiny_tokenizer)
