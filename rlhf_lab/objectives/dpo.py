@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 PreferenceLoss = choices("PreferenceLoss", PREFERENCE_LOSSES, __name__)  # objective.loss of DPO and online DPO
 
 
-class Reference(Choice):
+class ReferenceMode(Choice):
     precompute = "precompute"
     live = "live"
 
@@ -51,7 +51,7 @@ class Reference(Choice):
 class ReferenceConfig(ObjectiveConfig):
     """What every objective of a policy against a frozen reference shares (DPO, KTO)."""
 
-    reference: Reference = Reference.precompute  # precompute: score the data once before training, cached on disk | live: score every batch
+    reference: ReferenceMode = ReferenceMode.precompute  # precompute: score the data once before training, cached on disk | live: score every batch
     ref_cache_dir: str = ""  # where precomputed reference log-probs are kept; "" = $RLHF_LAB_CACHE/ref_logps (default ~/.cache/rlhf_lab)
     disable_dropout: bool = True  # dropout makes pi and pi_ref disagree on the same weights (as TRL, off by default)
 
