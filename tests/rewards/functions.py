@@ -25,13 +25,11 @@ def sees_all_columns(prompts, completions, **columns):
 
 
 def fails_later(prompts, completions):
-    """share_of_a until call ``FAIL_AT_CALL``; then raises (``FAIL_WITH=raise``) or returns NaN."""
+    """share_of_a until call ``FAIL_AT_CALL``; then raises, as a judge service that went down."""
     global calls
     calls += 1
     if calls >= int(os.environ.get("FAIL_AT_CALL", "1")):
-        if os.environ.get("FAIL_WITH", "raise") == "raise":
-            raise ConnectionError("judge service unreachable")
-        return [float("nan")] * len(completions)
+        raise ConnectionError("judge service unreachable")
     return share_of_a(prompts, completions)
 
 
