@@ -91,6 +91,10 @@ def test_rloo_runs_through_the_cli(cli):
     summary = res.summary
     assert summary["objective"] == "rloo" and summary["global_step"] == 3
     assert {"train/reward", "train/kl", "train/policy_loss", "train/clipfrac"} <= set(summary)
+    # the policy is the reference at step 0 and has moved away from it after the first updates:
+    # an RLOO that never updates (zero advantages, a detached loss) or samples the reference would stay at KL 0
+    kl = curve(res.run_dir, "train/kl")
+    assert len(kl) == 3 and abs(kl[0]) < 1e-5 and min(abs(k) for k in kl[1:]) > 1e-4, kl
 
 
 @pytest.mark.parametrize("aggregation,expected", [("token", 2.5), ("sequence", 3.0)])
