@@ -5,9 +5,12 @@ says which differences are within the noise."""
 import json
 
 import pytest
+import torch
 import yaml
 
+from rlhf_lab.lab.evaluation import WorldEvaluation
 from rlhf_lab.report import collect_runs, methods, methods_markdown, write_report
+from tests.inprocess import compose_cli
 
 
 def write_run(path, overrides, objective, beta, gold, kl, trace=()):
@@ -27,7 +30,7 @@ def sweep(tmp_path):
         job_dir = tmp_path / str(job)
         (job_dir / ".hydra").mkdir(parents=True)
         (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["pipeline=compare", f"seed={seed}"]))
-        (job_dir / "summary.json").write_text(json.dumps({"pipeline": "compare", "world/x": 0}))
+        (job_dir / "summary.json").write_text(json.dumps({"pipeline": "compare", "world/gold_reward": 0}))
         for stage in ("ppo", "ppo_ensemble"):
             trace = [{"step": s, "kl": s / 10, "gold_reward": golds[stage][job], "proxy_reward": 1 + s / 10} for s in (0, 10, 20)]
             write_run(job_dir / stage, ["objective=ppo"], "ppo", 0.01, golds[stage][job], 2.0 + job, trace)
@@ -56,3 +59,20 @@ def test_report_writes_the_frontier_with_best_of_n_and_the_overoptimisation_curv
     written = write_report(sweep, wandb_log=False)
     assert {"frontier.png", "overoptimization.png", "report.md"} <= set(written)
     assert "Differences in gold reward, Welch's two-sided t-test" in written["report.md"].read_text()
+
+
+def test_the_runs_written_by_hand_use_the_keys_the_lab_writes(sweep, tmp_path_factory):
+    """A renamed metric (``world/gold`` for ``world/gold_reward``) would leave these tests reading
+    keys that no run writes: the names here are the ones a real WorldEvaluation reports, under
+    ``world/`` (``world_initial/`` before training) in summary.json and bare in world_eval.jsonl."""
+    evaluation = WorldEvaluation(compose_cli("data=world"), tmp_path_factory.mktemp("world"))
+    evaluation.prompts, evaluation.reference_gold = ["p", "q"], torch.zeros(2)
+    evaluation.proxy = lambda prompts, texts: [0.0, 1.0]  # a learned reward: proxy_reward is reported too
+    reported = set(evaluation._metrics(["a", "b"], torch.zeros(2), torch.zeros(2)))
+    assert {"gold_reward", "kl", "proxy_reward"} <= reported
+    for path in sweep.rglob("summary.json"):
+        world = [k.split("/", 1) for k in json.loads(path.read_text()) if "/" in k]
+        assert all(prefix in ("world", "world_initial") and name in reported for prefix, name in world), (path, world)
+    for path in sweep.rglob("world_eval.jsonl"):
+        for point in map(json.loads, path.read_text().splitlines()):
+            assert set(point) - {"step", "n"} <= reported, (path, point)  # n: best-of-n's curve
