@@ -27,8 +27,11 @@ def test_trains_through_the_cli(rlhf_lab_run):
     summary = result.summary
     assert summary["objective"] == "orpo"
     assert summary["global_step"] == 3
-    assert math.isfinite(summary["train/loss"])
-    assert 0.0 <= summary["train/accuracy"] <= 1.0
+    # L = L_SFT + λ · mean(-log σ(r)) and -log σ is convex, so L_OR >= -log σ(mean r): with λ = 0.5
+    # the loss exceeds the NLL by at least half of that (λ dropped or left at 0.1 would not)
+    l_or = (summary["train/loss"] - summary["train/nll_chosen"]) / 0.5
+    assert l_or >= math.log1p(math.exp(-summary["train/log_odds_ratio"])) - 1e-5, summary
+    assert (8 * summary["train/accuracy"]).is_integer()  # the share of the step's 8 pairs with r > 0
     assert (result.run_dir / "model" / "model.safetensors").is_file()
 
 
