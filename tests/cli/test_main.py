@@ -13,8 +13,6 @@ from rlhf_lab.tracking import read_wandb_run
 from tests.conftest import write_jsonl
 from tests.inprocess import compose_cli
 
-pytestmark = pytest.mark.slow  # every test here starts python -m rlhf_lab
-
 QUICK = ("trainer.max_steps=12", "data.num_rows=200", "trainer.log_every_n_steps=2")
 # Lines of the libraries' that a run's console must not show (W&B, Lightning, transformers).
 NOISE = ("The anonymous setting has no effect", "litlogger", "Loading weights", "Writing model shards")
