@@ -81,15 +81,19 @@ class RunLock:
             os.close(lock.fd)  # closing the last descriptor releases the flock
 
 
-def refuse_if_taken(path: Path) -> None:
+# A sweep is not continued as a whole (a multirun refuses a used sweep dir, resume=auto or not):
+# each of its jobs is a run that can be.
+RUN_REMEDY = "Choose another hydra.run.dir, remove it, or continue it with resume=auto."
+SWEEP_REMEDY = ("Choose another hydra.sweep.dir or remove it; a job of the sweep continues on its own with "
+                "python -m rlhf_lab <its overrides> resume=auto hydra.run.dir=<sweep dir>/<job number>.")
+
+
+def refuse_if_taken(path: Path, remedy: str = RUN_REMEDY) -> None:
     # Under torchrun / srun every rank starts Hydra itself, and a sibling may have written .hydra/ already.
     external = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
     taken = [name for name in RUN_ARTIFACTS if (path / name).exists()]
     if taken or (not external and path.exists() and any(path.iterdir())):
-        raise RlhfLabError(
-            f"output directory {path} already holds a run; rlhf_lab never overwrites one. "
-            "Choose another hydra.run.dir / hydra.sweep.dir, remove it, or continue it with resume=auto."
-        )
+        raise RlhfLabError(f"output directory {path} already holds a run; rlhf_lab never overwrites one. {remedy}")
 
 
 def claim(run_dir: Path) -> None:
@@ -133,7 +137,7 @@ class OutputDirGuard(HydraCallback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if launcher_is_global_zero():
             try:
-                refuse_if_taken(Path(config.hydra.sweep.dir))
+                refuse_if_taken(Path(config.hydra.sweep.dir), SWEEP_REMEDY)
             except RlhfLabError as exc:
                 _exit(exc)
 

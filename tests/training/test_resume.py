@@ -14,7 +14,7 @@ from rlhf_lab.plugins import load_plugins
 from rlhf_lab.tracking import build_loggers
 from rlhf_lab.training.loggers import ContinuedCSVLogger
 from rlhf_lab.training.resume import config_changes, config_fingerprint
-from rlhf_lab.training.rundir import RunDirBusy, RunLock, launcher_is_global_zero
+from rlhf_lab.training.rundir import OutputDirGuard, RunDirBusy, RunLock, launcher_is_global_zero
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,19 @@ def test_only_the_first_process_of_a_run_takes_its_lock(monkeypatch, env, zero):
         monkeypatch.setenv(var, value)
     assert launcher_is_global_zero() is zero
 
+
+def test_a_used_sweep_dir_is_refused_with_a_remedy_that_works(monkeypatch, tmp_path, capsys):
+    """A multirun refuses a used sweep dir with resume=auto too: its message must not offer
+    resume=auto for the sweep (it did), but say how one of its jobs continues."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "multirun.yaml").write_text("")
+    with pytest.raises(SystemExit):
+        OutputDirGuard().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "resume": "auto"}))
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"rlhf_lab: error: output directory {tmp_path} already holds a run")
+    assert "continue it with resume=auto" not in line
+    assert "resume=auto hydra.run.dir=<sweep dir>/<job number>" in line
 
 def log_rows(logger, rows):
     for step, values in rows:
