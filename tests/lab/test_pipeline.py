@@ -15,15 +15,17 @@ def stage_config(run_dir, stage):
     return OmegaConf.load(run_dir / stage / ".hydra" / "config.yaml")
 
 
-def test_failed_stage_stops_and_rerun_resumes_from_it(cli):
-    failed = cli("pipeline=dpo", *TINY, "objective.loss=no_such_loss")  # objective.* reach the last stage only
+def test_failed_stage_stops_and_rerun_resumes_from_it(cli, tmp_path):
+    blocked = tmp_path / "not_a_directory"
+    blocked.write_text("")  # the DPO stage cannot keep its reference log-probs under a file
+    failed = cli("pipeline=dpo", *TINY, f"objective.ref_cache_dir={blocked}/ref")  # objective.* reach the last stage only
     run = failed.run_dir
     assert failed.returncode != 0
-    assert "stage 'dpo' failed" in failed.stderr and "no_such_loss" in failed.output
+    assert "stage 'dpo' failed" in failed.stderr and "not_a_directory" in failed.output
     assert (run / "sft" / "summary.json").exists() and not (run / "dpo" / "summary.json").exists()
     sft_done = (run / "sft" / "summary.json").stat().st_mtime_ns
 
-    resumed = cli("pipeline=dpo", *TINY, "objective.loss=sigmoid", "resume=auto", f"hydra.run.dir={run}")
+    resumed = cli("pipeline=dpo", *TINY, f"objective.ref_cache_dir={tmp_path}/ref", "resume=auto", f"hydra.run.dir={run}")
     assert resumed.returncode == 0, resumed.output
     assert "stage sft already done" in resumed.output
     assert (run / "sft" / "summary.json").stat().st_mtime_ns == sft_done  # not run again
