@@ -2,8 +2,8 @@
 # Set up the test environment and run the whole suite. Extra arguments go to pytest.
 # RLHF_LAB_LANE=vllm runs them in the vLLM environment instead (.venv-vllm, `scripts/setup.sh vllm`).
 # The main lane runs in parallel (pytest-xdist): one worker per core, at most 4, each test file on one
-# worker (module fixtures built once), one torch thread per process (two workers sharing two cores
-# with two threads each is slower than either alone). RLHF_LAB_TEST_WORKERS=0 runs in one process.
+# worker (module fixtures built once), one torch thread per process (two workers of two threads each
+# would oversubscribe two cores). RLHF_LAB_TEST_WORKERS=0 runs in one process.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lane="${RLHF_LAB_LANE:-test}"
