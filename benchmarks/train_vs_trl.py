@@ -48,10 +48,11 @@ MODEL = dict(vocab_size=8192, hidden_size=128, intermediate_size=384, num_hidden
 # rlhf_lab's settings for the job (see RESULTS.md): padding-free packing into rows of at most
 # max_length tokens (first fit, longest first), so no compute goes to padding and attention stays
 # quadratic in a row of 128 tokens, not in the whole batch.
+# (data.pack_width=128 keeps the rows of the recorded runs; the default is now the batch's longest sequence.)
 LAB_FAST = {
-    "dpo": ["objective.reference=precompute", "data.padding_free=true", "model.sparse_head=true"],
-    "rm": ["data.padding_free=true"],
-    "sft": ["data.padding_free=true", "model.sparse_head=true"],
+    "dpo": ["objective.reference=precompute", "data.padding_free=true", "data.pack_width=128", "model.sparse_head=true"],
+    "rm": ["data.padding_free=true", "data.pack_width=128"],
+    "sft": ["data.padding_free=true", "data.pack_width=128", "model.sparse_head=true"],
 }
 # system name -> extra rlhf_lab overrides or TRL config fields; "trl" is TRL's defaults plus what the job pins.
 SYSTEMS = {

@@ -168,8 +168,11 @@ class DataConfig(SourceConfig):
     on_overflow: OnOverflow = OnOverflow.truncate  # truncate (counted and reported) | error
     invalid_rows: InvalidRows = InvalidRows.error  # error: stop before training naming the row | drop: skip and count
     shuffle: bool = True
-    padding_free: bool = False  # pack each batch into rows of up to pack_width tokens with restarting position ids: no compute on padding
-    pack_width: Optional[int] = None  # padding_free row width in tokens; None: max_length; 0: the whole batch in one row
+    # pack each batch into rows of sequences with restarting position ids: no compute on padding.
+    # None: on when every model the objective runs on the batches reads packed rows exactly as it reads each
+    # sequence alone (checked once when the models load, logged when it falls back to padded batches)
+    padding_free: Optional[bool] = None
+    pack_width: Optional[int] = None  # packed row width in tokens; None: the batch's longest sequence; 0: the whole batch in one row
     group_by_length: bool = False  # batch rows of similar length together to reduce padding
     chat_template: str = "auto"  # auto: the tokenizer's chat template when it has one | never | a Jinja template or a .jinja file
     num_workers: int = 0

@@ -66,18 +66,20 @@ def pad_collate(features: list[dict], pad_id: int) -> dict:
     }
 
 
-def packed_collate(features: list[dict], row_width: int = 0) -> dict:
+def packed_collate(features: list[dict], row_width: int | None = None) -> dict:
     """Padding-free: sequences packed into rows of at most ``row_width`` tokens (first fit,
-    longest first; 0 packs everything into one row) with position ids restarting at every
-    sequence. transformers builds a block-diagonal causal mask from the position ids, so no
-    token attends across sequences. Rows are padded to the longest row; the padding restarts its
-    own positions (its own block) and belongs to no sequence.
+    longest first; None: the longest sequence's length; 0 packs everything into one row) with
+    position ids restarting at every sequence. transformers builds a block-diagonal causal mask
+    from the position ids, so no token attends across sequences. Rows are padded to the longest
+    row; the padding restarts its own positions (its own block) and belongs to no sequence.
 
-    Several short rows rather than one long one keep attention's cost at row_width^2 per row:
-    on CPU, sdpa materialises the dense mask of a row."""
+    Rows as wide as the longest sequence (the default) keep every matrix no wider than the padded
+    batch's: sdpa and eager attention compute a dense row_width^2 mask per row, so rows wider than
+    that would trade padding for attention over other sequences' tokens. Flash attention's
+    variable-length kernels cost the same at any width."""
     seqs, shared = _flatten(features)
     lengths = [len(s["input_ids"]) for s in seqs]
-    width = max(row_width, max(lengths)) if row_width else sum(lengths)
+    width = sum(lengths) if row_width == 0 else max(row_width or 0, max(lengths))
     rows: list[list[int]] = []  # sequence indices per row
     room: list[int] = []  # free tokens per row
     for i in sorted(range(len(seqs)), key=lambda i: -lengths[i]):
@@ -118,10 +120,16 @@ def packed_collate(features: list[dict], row_width: int = 0) -> dict:
 
 
 class Collator:
-    def __init__(self, pad_id: int, padding_free: bool, row_width: int = 0):
+    def __init__(self, pad_id: int, padding_free: bool, row_width: int | None = None):
         self.pad_id = pad_id
         self.padding_free = padding_free
         self.row_width = row_width
 
     def __call__(self, features: list[dict]) -> dict:
-        return packed_collate(features, self.row_width) if self.padding_free else pad_collate(features, self.pad_id)
+        if self.padding_free:
+            packed = packed_collate(features, self.row_width)
+            # Only when packing saves rows: a row per sequence anyway is the padded batch plus a
+            # block-diagonal mask, where the padded one runs attention's plain causal kernel.
+            if len(packed["input_ids"]) < packed["num_sequences"]:
+                return packed
+        return pad_collate(features, self.pad_id)

@@ -14,7 +14,7 @@ from rlhf_lab.data.collate import Collator
 from rlhf_lab.data.sampling import RankSampler, ResumableLoader
 from rlhf_lab.data.sources import load_rows, load_source, validate
 from rlhf_lab.data.tokenize import Encoder
-from rlhf_lab.errors import DataError
+from rlhf_lab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,19 @@ class DataModule(L.LightningDataModule):
             truncated=encoder.truncation.truncated,
             dropped_too_long=encoder.truncation.dropped,
         )
-        pack_width = encoder.max_length if cfg.pack_width is None else cfg.pack_width
-        self.collate = Collator(encoder.tokenizer.pad_token_id, cfg.padding_free, pack_width)
+        self.collate = Collator(encoder.tokenizer.pad_token_id, bool(cfg.padding_free), cfg.pack_width)
+        self.stats["padding_free"] = self.collate.padding_free
+
+    def pack(self, blocker: str | None) -> None:
+        """Padding-free batches unless the models cannot read them (``blocker``, from
+        ``Objective.packing_blocker``): then padded ones, or an error when ``data.padding_free=true``
+        asked for packing outright."""
+        if blocker is not None and self.cfg.padding_free:
+            raise ConfigError(f"data.padding_free=true: {blocker} (its tokens would attend across sequences); "
+                              "set data.padding_free=false, or leave it unset to pad for this model.")
+        if blocker is not None:
+            log.warning("padding-free batches off: %s; batches are padded", blocker)
+        self.collate.padding_free = self.stats["padding_free"] = blocker is None
 
     def _loader(self, features: list[dict], batch_size: int, train: bool) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)

@@ -10,6 +10,7 @@ models without that argument fall back to full logits.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 import transformers.modeling_utils
 
 from rlhf_lab.data.tokenize import IGNORE
-from rlhf_lab.models import unwrap
+from rlhf_lab.models import eval_mode, unwrap
+
+log = logging.getLogger(__name__)
 
 _MASK_SLICING = hasattr(transformers.modeling_utils, "slice_logits_to_keep")  # boolean logits_to_keep (transformers 5)
 
@@ -43,6 +46,30 @@ class Scored:
 
 def supports_sparse_head(model) -> bool:
     return _MASK_SLICING and "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters
+
+
+@torch.no_grad()
+def packs_exactly(model) -> bool:
+    """Whether ``model`` reads a padding-free row (sequences side by side, position ids restarting
+    at each, no attention mask) exactly as it reads each sequence alone.
+
+    Checked by running it, not by name: it holds for architectures whose masks come from
+    transformers' ``create_causal_mask`` (it finds the sequences in the position ids) and whose
+    positions come from position ids, and fails for remote code or position schemes that read the
+    attention mask. Two sequences of a few tokens, once per model when a run starts."""
+    base = unwrap(model)
+    backbone = getattr(base, base.base_model_prefix, base)  # hidden states: a causal LM or a scalar-head model alike
+    device = next(base.parameters()).device
+    vocab = base.config.get_text_config().vocab_size
+    first, second = (torch.arange(start, start + n, device=device) % vocab for start, n in ((1, 5), (7, 4)))
+    positions = lambda *seqs: torch.cat([torch.arange(len(s), device=device) for s in seqs])[None]
+    with eval_mode(model):  # no dropout
+        row = backbone(input_ids=torch.cat([first, second])[None], position_ids=positions(first, second), use_cache=False)[0]
+        alone = backbone(input_ids=second[None], position_ids=positions(second), use_cache=False)[0]
+    packed, expected = row[0, len(first) :].float(), alone[0].float()
+    # Leakage across sequences moves hidden states by their own order of magnitude; reordered
+    # bf16 arithmetic by well under 5% of their norm.
+    return bool((packed - expected).norm() <= 0.05 * expected.norm())
 
 
 def score_labels(model, batch: dict, sparse_head: bool = True) -> Scored:

@@ -22,6 +22,7 @@ from rlhf_lab.config import ObjectiveConfig, OptimConfig
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, TrainingError
 from rlhf_lab.models import ModelFactory, export_pretrained, unwrap
+from rlhf_lab.models.lm import packs_exactly
 from rlhf_lab.training import newest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def fusable(param: torch.Tensor) -> bool:
 
 class Objective(L.LightningModule):
     data_format: ClassVar[str] = "sft"  # rows read: sft | preference | prompt | unpaired
+    reads_token_batches: ClassVar[bool] = True  # its models run on the collated batches (data.padding_free applies)
 
     def __init__(self, cfg: ObjectiveConfig, *, models: ModelFactory, tokenizer: PreTrainedTokenizerBase, optim: OptimConfig):
         super().__init__()
@@ -64,6 +66,16 @@ class Objective(L.LightningModule):
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def packing_blocker(self) -> str | None:
+        """Why batches cannot be padding-free (``data.padding_free``): the first model this system
+        holds that does not read packed rows as it reads each sequence alone (``packs_exactly``);
+        None when every one does."""
+        for name, model in self.named_children():
+            if isinstance(unwrap(model), PreTrainedModel) and not packs_exactly(model):
+                base = unwrap(model)
+                return f"the {name} ({type(base).__name__}, attention {base.config._attn_implementation}) mixes packed sequences"
+        return None
 
     @property
     def trained_model(self) -> torch.nn.Module:

@@ -94,6 +94,7 @@ class OnlineRL(Objective):
     (``estimate_advantages``) and the loss of a minibatch (``loss``); see the module docstring."""
 
     data_format = "prompt"
+    reads_token_batches = False  # its batches are prompt rows for the sampler; its forward passes run on rollouts
     uses_critic: ClassVar[bool] = False  # PPO: build ``self.critic`` and read V(s_t) in ``evaluate``
 
     def __init__(self, cfg: OnlineRLConfig, **kwargs):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlhf_lab.data.collate import pad_collate, packed_collate
+from rlhf_lab.data.collate import Collator, pad_collate, packed_collate
 from rlhf_lab.data.sampling import RankSampler
 from rlhf_lab.data.tokenize import IGNORE, Encoder
 from rlhf_lab.errors import DataError
@@ -60,7 +60,7 @@ def test_overflow_error_names_the_row(tiny_tokenizer):
 def test_padded_and_packed_batches_hold_the_same_tokens(tiny_tokenizer):
     features = Encoder(tiny_tokenizer, 64).sft(ROWS)
     padded = pad_collate(features, tiny_tokenizer.pad_token_id)
-    packed = packed_collate(features)
+    packed = packed_collate(features, 0)  # one row
     lengths = [len(f["sequences"][0]["input_ids"]) for f in features]
     assert padded["input_ids"].shape == (2, max(lengths))
     assert packed["input_ids"].shape == (1, sum(lengths))
@@ -81,6 +81,17 @@ def test_packing_into_rows_is_first_fit_longest_first(tiny_tokenizer):
     assert batch["num_tokens"] == 20
     wide = packed_collate([seq(10), seq(3)], 8)  # a sequence longer than the width gets a row of its own
     assert wide["input_ids"].shape == (2, 10)
+    # the default width is the longest sequence's: no row wider than the padded batch (24 slots, not 30)
+    assert packed_collate([seq(n) for n in (6, 3, 5, 2, 4)])["seq_ids"].tolist() == [
+        [0, 0, 0, 0, 0, 0], [2, 2, 2, 2, 2, -1], [3, 3, 4, 4, 4, 4], [1, 1, 1, -1, -1, -1]
+    ]
+
+
+def test_the_collator_packs_only_when_it_saves_rows():
+    seq = lambda n: {"sequences": [{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1))}]}
+    collate = Collator(pad_id=0, padding_free=True)
+    assert collate([seq(n) for n in (6, 3, 2)])["attention_mask"] is None  # 3 + 2 share a row: packed
+    assert collate([seq(n) for n in (6, 5, 4)])["attention_mask"].shape == (3, 6)  # a row each: padded
 
 
 def test_pairs_are_laid_out_chosen_then_rejected(tiny_tokenizer):

@@ -76,7 +76,7 @@ def test_ranked_rows_become_all_their_pairs(features, tiny_tokenizer):
 
 @pytest.mark.parametrize(
     "collate",
-    [lambda f, pad: pad_collate(f, pad), lambda f, pad: packed_collate(f), lambda f, pad: packed_collate(f, 40)],
+    [lambda f, pad: pad_collate(f, pad), lambda f, pad: packed_collate(f, 0), lambda f, pad: packed_collate(f, 40)],
     ids=["padded", "packed", "packed_rows"],
 )
 def test_step_zero_loss_is_ln2_with_a_live_reference(features, tiny_tokenizer, collate):

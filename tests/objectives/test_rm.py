@@ -75,7 +75,7 @@ def test_reward_is_the_head_at_the_last_real_token(tiny_tokenizer):
     with torch.no_grad():
         hf = rm.reward_model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits.squeeze(-1)
         torch.testing.assert_close(sequence_rewards(rm.reward_model, padded), hf, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(sequence_rewards(rm.reward_model, packed_collate(features)), hf, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sequence_rewards(rm.reward_model, packed_collate(features, 0)), hf, rtol=1e-5, atol=1e-5)
         rows = packed_collate(features, 64)
         assert 1 < rows["input_ids"].shape[0] < len(hf)  # several rows, several sequences in some
         torch.testing.assert_close(sequence_rewards(rm.reward_model, rows), hf, rtol=1e-5, atol=1e-5)

@@ -78,6 +78,7 @@ def test_padding_free_and_full_head_give_the_same_loss(tiny_tokenizer, features)
     padded = pad_collate(features, tiny_tokenizer.pad_token_id)
     with torch.no_grad():
         reference = sft.compute_loss(padded)[0].item()
+        assert sft.compute_loss(packed_collate(features, 0))[0].item() == pytest.approx(reference, rel=1e-5)
         assert sft.compute_loss(packed_collate(features))[0].item() == pytest.approx(reference, rel=1e-5)
         assert sft.compute_loss(packed_collate(features, 40))[0].item() == pytest.approx(reference, rel=1e-5)
         assert full.compute_loss(padded)[0].item() == pytest.approx(reference, rel=1e-5)

@@ -1,0 +1,61 @@
+"""Padding-free batches by default: on for models that read packed rows exactly, off (or an error when
+asked for outright) for those that mix the sequences of a row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, OPTConfig
+
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.models.lm import packs_exactly
+from tests.archs import FAMILIES, config, tokenizer
+from tests.inprocess import QUICK, run_in_process
+
+
+def opt_dir(path):
+    """OPT reads its learned positions off the attention mask, not the position ids: packed rows
+    would give every sequence after the first the wrong positions."""
+    tok = tokenizer("gpt2")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                                                       word_embed_proj_dim=64, max_position_embeddings=128, vocab_size=len(tok),
+                                                       pad_token_id=tok.eos_token_id))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("auto_cls", [AutoModelForCausalLM, AutoModelForSequenceClassification])
+def test_the_families_read_packed_rows_exactly(family, auto_cls):
+    torch.manual_seed(0)
+    assert packs_exactly(auto_cls.from_config(config(family, tokenizer(family))))
+
+
+def test_a_model_whose_positions_come_from_the_mask_does_not(tmp_path):
+    assert not packs_exactly(AutoModelForCausalLM.from_pretrained(opt_dir(tmp_path)))
+
+
+RUN = (*QUICK, "trainer.max_steps=3", "data.num_rows=32", "data.batch_size=8", "optim.lr=1e-3")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["sft", "rm", "dpo"])
+def test_default_runs_pack_and_train_as_the_padded_path(tmp_path, objective):
+    """The default (packed) and padded runs take the same three optimiser steps: equal losses. (The
+    generated rows are 13-17 tokens long: at the default width, the longest sequence's, no two
+    share a row and the batches stay padded; one row per batch packs them.)"""
+    task = () if objective == "sft" else ("data.task=polite",)
+    default = run_in_process(tmp_path / "default", f"objective={objective}", *task, *RUN, "data.pack_width=0")
+    padded = run_in_process(tmp_path / "padded", f"objective={objective}", *task, *RUN, "data.padding_free=false")
+    assert default["data/padding_free"] is True and padded["data/padding_free"] is False
+    assert default["train/loss"] == pytest.approx(padded["train/loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_an_unpackable_model_pads_by_default_and_refuses_padding_free_true(tmp_path):
+    model = ("model=hf", f"model.name_or_path={opt_dir(tmp_path / 'opt')}")
+    assert run_in_process(tmp_path / "auto", *model, *RUN)["data/padding_free"] is False
+    with pytest.raises(ConfigError, match=r"data.padding_free=true: the policy \(OPTForCausalLM, attention \w+\) mixes packed sequences"):
+        run_in_process(tmp_path / "forced", *model, *RUN, "data.padding_free=true")
