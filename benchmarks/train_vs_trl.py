@@ -1,7 +1,7 @@
 """rlhf_lab against TRL 1.x on the same training jobs: DPO (DPOTrainer), reward model
 (RewardTrainer) and SFT (SFTTrainer, loss_type nll).
 
-    python benchmarks/train_vs_trl.py [--out DIR] [--objectives dpo,rm,sft] [--steps 128]
+    python benchmarks/train_vs_trl.py [--out DIR] [--objectives dpo,rm,sft] [--steps 128] [--model-shape lab|gpt2-small|llama-100m]
         [--systems rlhf_lab,trl,trl_no_gc,trl_precompute] [--results benchmarks/RESULTS.md]
 
 1. Builds, deterministically, a local model directory (a Llama with hidden 128, 4 layers, 4 heads,
@@ -43,8 +43,23 @@ REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
-MODEL = dict(vocab_size=8192, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-             num_key_value_heads=4, head_dim=32, max_position_embeddings=512, tie_word_embeddings=False)
+# --model-shape: the model the job trains, and the max_length it runs at. "lab" is the recorded table's
+# model (vocabulary 8192, hidden 128: the LM head is most of the compute); the other two are shapes
+# where the transformer body dominates, as in real models (issue 18): GPT-2 small (124M, its 50k
+# vocabulary, tied) and a Llama of ~100M parameters, both at max_length 512.
+SHAPES = {
+    "lab": dict(model_type="llama", max_length=128, config=dict(
+        vocab_size=8192, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=32, max_position_embeddings=512, tie_word_embeddings=False,
+        rms_norm_eps=1e-6, attention_dropout=0.0)),
+    "gpt2-small": dict(model_type="gpt2", max_length=512, config=dict(
+        vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
+    "llama-100m": dict(model_type="llama", max_length=512, config=dict(
+        vocab_size=32000, hidden_size=640, intermediate_size=1728, num_hidden_layers=10, num_attention_heads=10,
+        num_key_value_heads=5, head_dim=64, max_position_embeddings=1024, tie_word_embeddings=False,
+        rms_norm_eps=1e-6, attention_dropout=0.0)),
+}
 # rlhf_lab's settings for the job (see RESULTS.md): padding-free packing into rows of at most
 # max_length tokens (first fit, longest first), so no compute goes to padding and attention stays
 # quadratic in a row of 128 tokens, not in the whole batch.
@@ -57,6 +72,7 @@ LAB_FAST = {
 # system name -> extra rlhf_lab overrides or TRL config fields; "trl" is TRL's defaults plus what the job pins.
 SYSTEMS = {
     "rlhf_lab": [],
+    "rlhf_lab_defaults": [],  # nothing but the job's settings: what a user gets (no LAB_FAST)
     "rlhf_lab_grouped": ["data.group_by_length=true"],  # batches of similar lengths: less padding, other first batch
     "rlhf_lab_padded": ["data.padding_free=false"],  # padded to the longest sequence of each batch
     # Memory levers (see RESULTS.md, reward-model memory): the same optimiser steps on the same batches.
@@ -118,30 +134,37 @@ MARKER_START, MARKER_END = "<!-- train_vs_trl:start -->", "<!-- train_vs_trl:end
 
 # --- model and data ---------------------------------------------------------------------------
 
-def build_model(out: Path) -> tuple[Path, Path]:
-    """(causal-LM directory, reward-model directory): the same seeded weights, the second with a
-    seeded one-label score head (a fresh head would be initialised differently by each system)."""
+def build_model(out: Path, shape: str) -> tuple[Path, Path, dict]:
+    """(causal-LM directory, reward-model directory, dims for the FLOP count): the same seeded
+    weights, the second with a seeded one-label score head (a fresh head would be initialised
+    differently by each system)."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, CONFIG_MAPPING
 
     from rlhf_lab.models import TINY_DIR
 
+    spec = SHAPES[shape]
     lm_dir, rm_dir = out / "model", out / "model_rm"
     tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
     tokenizer.chat_template = None  # plain-text rows: both systems tokenise prompt + completion the same way
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config = LlamaConfig(**MODEL, **ids, rms_norm_eps=1e-6, attention_dropout=0.0)
+    config_cls = CONFIG_MAPPING[spec["model_type"]]
     torch.manual_seed(0)
-    lm = LlamaForCausalLM(config)
+    lm = AutoModelForCausalLM.from_config(config_cls(**spec["config"], **ids))
     lm.save_pretrained(lm_dir)
     tokenizer.save_pretrained(lm_dir)
-    rm_config = LlamaConfig(**MODEL, **ids, rms_norm_eps=1e-6, num_labels=1)
     torch.manual_seed(1)
-    rm = LlamaForSequenceClassification(rm_config)
-    rm.model.load_state_dict(lm.model.state_dict())
+    rm = AutoModelForSequenceClassification.from_config(config_cls(**spec["config"], **ids, num_labels=1))
+    getattr(rm, rm.base_model_prefix).load_state_dict(getattr(lm, lm.base_model_prefix).state_dict())
     rm.save_pretrained(rm_dir)
     tokenizer.save_pretrained(rm_dir)
-    return lm_dir, rm_dir
+    text = lm.config.get_text_config()
+    body = getattr(lm, lm.base_model_prefix)
+    layers = next(m for m in body.modules() if isinstance(m, torch.nn.ModuleList))
+    dims = dict(d=text.hidden_size, layers=len(layers), vocab=text.vocab_size,
+                layer_params=sum(p.numel() for p in layers[0].parameters()),
+                params=sum(p.numel() for p in lm.parameters()))
+    return lm_dir, rm_dir, dims
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -151,8 +174,10 @@ def _words(rng: random.Random, n: int) -> str:
 
 
 def build_data(out: Path, rows: int, tokenizer, max_length: int, seed: int = 0) -> tuple[Path, Path, dict]:
-    """Preference and SFT JSONL files; every sequence fits in max_length. Returns the token lengths."""
+    """Preference and SFT JSONL files; every sequence fits in max_length (lengths scale with it:
+    12 to 128 tokens at 128). Returns the token lengths."""
     rng = random.Random(seed)
+    scale = max_length / 128
     eos = tokenizer.eos_token
     pref, sft, lengths = [], [], {"prompt": [], "chosen": [], "rejected": [], "completion": []}
 
@@ -160,9 +185,9 @@ def build_data(out: Path, rows: int, tokenizer, max_length: int, seed: int = 0) 
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     while len(pref) < rows:
-        prompt = f"Write about {rng.choice(TOPICS)}: {_words(rng, int(rng.triangular(3, 60, 12)))}.\n"
-        chosen = _words(rng, int(rng.triangular(1, 64, 10))).capitalize() + "."
-        rejected = _words(rng, int(rng.triangular(1, 64, 10))).capitalize() + "."
+        prompt = f"Write about {rng.choice(TOPICS)}: {_words(rng, int(rng.triangular(3, 60 * scale, 12 * scale)))}.\n"
+        chosen = _words(rng, int(rng.triangular(1, 64 * scale, 10 * scale))).capitalize() + "."
+        rejected = _words(rng, int(rng.triangular(1, 64 * scale, 10 * scale))).capitalize() + "."
         p, c, r = n_tokens(prompt), n_tokens(chosen) + 1, n_tokens(rejected) + 1  # + EOS
         if p + max(c, r) > max_length:
             continue
@@ -182,14 +207,13 @@ def build_data(out: Path, rows: int, tokenizer, max_length: int, seed: int = 0) 
 
 # --- FLOPs --------------------------------------------------------------------------------------
 
-def job_flops(objective: str, lengths: dict, reference: bool) -> float:
+def job_flops(objective: str, lengths: dict, reference: bool, dims: dict) -> float:
     """Model FLOPs of one epoch of the job, the same number for both systems (it counts the work the
     job needs, not what an implementation does): 6 * N_layers per token, 6 * d * ctx per token and
     layer for causal attention (QK^T and AV), and the LM head (6 * d * V) only where a next token is
     scored (completions); the reward model's head is one dot product. DPO adds the reference forward
     (a third of the training figure) for every token."""
-    d, layers, vocab, ff = MODEL["hidden_size"], MODEL["num_hidden_layers"], MODEL["vocab_size"], MODEL["intermediate_size"]
-    per_layer = 4 * d * d + 3 * d * ff  # q, k, v, o + gate, up, down (norm weights are negligible)
+    d, layers, vocab, per_layer = dims["d"], dims["layers"], dims["vocab"], dims["layer_params"]
     seqs = (
         [(p, lengths["completion"][i]) for i, p in enumerate(lengths["prompt"])]
         if objective == "sft"
@@ -247,7 +271,8 @@ def lab_command(objective: str, model_dir: Path, data: Path, work: Path, a, extr
     ]
     if objective == "dpo":
         overrides += [f"objective.beta={a.beta}", f"objective.ref_cache_dir={work / 'ref_cache'}"]  # a fresh cache: no hit
-    return [sys.executable, "-m", "rlhf_lab", *overrides, *LAB_FAST[objective], *extra]
+    fast = [] if "rlhf_lab_defaults" in work.parts else LAB_FAST[objective]
+    return [sys.executable, "-m", "rlhf_lab", *overrides, *fast, *extra]
 
 
 def trl_command(objective: str, model_dir: Path, data: Path, work: Path, a, extra: list[str]) -> list[str]:
@@ -340,9 +365,18 @@ def markdown(results: list[dict], ratio_lines: list[dict], meta: dict) -> str:
         for r in ratio_lines
         if r["ratio"].endswith("/ trl") and r["ratio"].split(" / ")[0] in ("rlhf_lab", *MEMORY_LEVERS)
     )
+    shape = meta.get("shape", "lab")
+    if shape == "lab":
+        title, setup = "## Training: rlhf_lab vs TRL (DPO, reward model, SFT) — `benchmarks/train_vs_trl.py`\n\n", SETUP_TEXT
+    else:
+        m = meta["model"]
+        title = f"### Training vs TRL on the `{shape}` shape — `benchmarks/train_vs_trl.py --model-shape {shape}`\n\n"
+        setup = (f"The job above on another model: {m['model_type']}, {m['layers']} layers, width {m['d']}, vocabulary "
+                 f"{m['vocab']}, {m['params'] / 1e6:.0f}M parameters, fp32, max_length {m['max_length']} (sequences "
+                 f"{m['mean_tokens']} tokens on average, the rows' lengths scaled to it).\n\n")
     return (
-        "## Training: rlhf_lab vs TRL (DPO, reward model, SFT) — `benchmarks/train_vs_trl.py`\n\n"
-        + SETUP_TEXT
+        title
+        + setup
         + f"Measured {meta['date']} on {meta['machine']}; fp32 matmul peak {meta['peak_gflops']:.1f} GFLOP/s "
         f"(best of 5, 2048x2048). torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, "
         f"lightning {v['lightning']}, rlhf_lab {v['rlhf_lab']}.\n\n"
@@ -350,13 +384,14 @@ def markdown(results: list[dict], ratio_lines: list[dict], meta: dict) -> str:
     )
 
 
-def merge_results(path: Path, section: str) -> None:
-    """Replace the training section between the markers (or append it); keep every other section."""
-    block = f"{MARKER_START}\n{section}{MARKER_END}\n"
+def merge_results(path: Path, section: str, shape: str = "lab") -> None:
+    """Replace the shape's training section between its markers (or append it); keep every other section."""
+    start, end = (MARKER_START, MARKER_END) if shape == "lab" else (f"<!-- train_vs_trl:{shape}:start -->", f"<!-- train_vs_trl:{shape}:end -->")
+    block = f"{start}\n{section}{end}\n"
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if MARKER_START in text and MARKER_END in text:
-        before, rest = text.split(MARKER_START, 1)
-        after = rest.split(MARKER_END, 1)[1].lstrip("\n")
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
         text = before + block + ("\n" + after if after else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
@@ -370,7 +405,8 @@ def main() -> None:
     p.add_argument("--systems", default="rlhf_lab,trl,trl_no_gc,trl_precompute", help=f"which to run, in this order: {', '.join(SYSTEMS)}")
     p.add_argument("--steps", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--model-shape", choices=sorted(SHAPES), default="lab", help="the model trained (see SHAPES)")
+    p.add_argument("--max-length", type=int, default=None, help="default: the shape's (128 for lab, 512 for the others)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
@@ -380,9 +416,11 @@ def main() -> None:
     p.add_argument("--report-only", type=Path, default=None, metavar="RESULTS_JSON",
                    help="no runs: merge the table of an earlier run's <out>/results.json into --results")
     a = p.parse_args()
+    a.max_length = a.max_length or SHAPES[a.model_shape]["max_length"]
     if a.report_only:
         saved = json.loads(a.report_only.read_text())
-        merge_results(a.results or HERE / "RESULTS.md", markdown(saved["results"], all_ratios(saved["results"]), saved["meta"]))
+        meta = saved["meta"]
+        merge_results(a.results or HERE / "RESULTS.md", markdown(saved["results"], all_ratios(saved["results"]), meta), meta.get("shape", "lab"))
         return
 
     from transformers import AutoTokenizer
@@ -390,7 +428,7 @@ def main() -> None:
     out = a.out or Path(tempfile.mkdtemp(prefix="train_vs_trl_"))
     out.mkdir(parents=True, exist_ok=True)
     peak = matmul_peak()
-    lm_dir, rm_dir = build_model(out)
+    lm_dir, rm_dir, dims = build_model(out, a.model_shape)
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     pref, sft, lengths = build_data(out, a.steps * a.batch_size, tokenizer, a.max_length)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
@@ -400,7 +438,7 @@ def main() -> None:
     for objective in a.objectives.split(","):
         model_dir = rm_dir if objective == "rm" else lm_dir
         data = sft if objective == "sft" else pref
-        flops = job_flops(objective, lengths, reference=True)
+        flops = job_flops(objective, lengths, reference=True, dims=dims)
         runs = {}
         plan = [s for s in a.systems.split(",") if objective in ONLY_FOR.get(s, {objective})]
         for system in plan:
@@ -421,13 +459,16 @@ def main() -> None:
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()} Linux, {os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}",
         "peak_gflops": peak / 1e9,
+        "shape": a.model_shape,
+        "model": {**dims, "model_type": SHAPES[a.model_shape]["model_type"], "max_length": a.max_length,
+                  "mean_tokens": round(sum(lengths["prompt"]) / len(lengths["prompt"]) + sum(lengths["completion"]) / len(lengths["completion"]), 1)},
         "versions": versions(),
         "command": "python " + shlex.join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results, "ratios": ratio_lines}, indent=1))
     print(json.dumps({"meta": meta, "work_dir": str(out)}))
     if a.results:
-        merge_results(a.results, markdown(results, ratio_lines, meta))
+        merge_results(a.results, markdown(results, ratio_lines, meta), meta.get("shape", "lab"))
 
 
 if __name__ == "__main__":
