@@ -349,13 +349,13 @@ def markdown(results: list[dict], ratio_lines: list[dict], meta: dict) -> str:
     )
 
 
-def merge_results(path: Path, section: str) -> None:
-    """Replace the training section between the markers (or append it); keep every other section."""
-    block = f"{MARKER_START}\n{section}{MARKER_END}\n"
+def merge_results(path: Path, section: str, start: str = MARKER_START, end: str = MARKER_END) -> None:
+    """Replace the section between the markers (or append it); keep every other section."""
+    block = f"{start}\n{section}{end}\n"
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if MARKER_START in text and MARKER_END in text:
-        before, rest = text.split(MARKER_START, 1)
-        after = rest.split(MARKER_END, 1)[1].lstrip("\n")
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
         text = before + block + ("\n" + after if after else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
