@@ -7,6 +7,8 @@ import copy
 import json
 import os
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +142,25 @@ def test_the_table_holds_no_python_rows(build, tmp_path):
     assert data.train_features.table.cache_files and isinstance(data.train_features.indices, np.ndarray)
     meta = json.loads((tmp_path / "tables" / build.tables()[0] / "meta.json").read_text())
     assert meta["table_rows"] == 40 and meta["key"]["max_length"] == 64
+
+
+def test_a_second_process_waits_for_the_first_and_reads_its_table(build, tmp_path):
+    """DDP ranks and sweep jobs: while one builds a table under its lock, another with the same key
+    waits, then reads that table instead of tokenising again (threads stand in for processes:
+    each holds its own lock file descriptor)."""
+    path = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    encoding, calls, built = threading.Event(), [], {}
+
+    def slow_encode(encoder, rows):
+        calls.append(len(rows))
+        encoding.set()
+        time.sleep(0.5)  # the first build is still running when the second starts
+        return SFT.encode(encoder, rows)
+
+    first = threading.Thread(target=lambda: built.setdefault("first", build(path, encode=slow_encode)))
+    first.start()
+    encoding.wait()
+    second = build(path, encode=slow_encode)
+    first.join()
+    assert calls == [40]  # tokenised once
+    assert (built["first"].stats["tables_cached"], second.stats["tables_cached"]) == (0, 1) and len(build.tables()) == 1
