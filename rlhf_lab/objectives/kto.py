@@ -75,7 +75,7 @@ class KTO(DPO):
 
     def on_fit_start(self) -> None:
         features = self.trainer.datamodule.train_features  # None for a stream: its labels are not known before training
-        labels = [f["row"]["label"] for f in features] if features is not None else []
+        labels = [extra["row"]["label"] for extra in features.extras()] if features is not None else []
         n_d, n_u = sum(labels), len(labels) - sum(labels)
         ratio = self.cfg.desirable_weight * n_d / max(self.cfg.undesirable_weight * n_u, 1)
         if labels and not 1 <= ratio <= 4 / 3:  # the paper's advice (sec. 4.2), which TRL also warns about

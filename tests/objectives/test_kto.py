@@ -91,3 +91,4 @@ def test_a_table_whose_last_batch_would_be_one_row_pairs_it_within_the_batch_bef
     assert len(features) == 1001
     last = features[1000]["sequences"]
     assert last[0]["input_ids"] != last[1]["input_ids"] and features[1000]["row"] == {"label": rows[-1]["label"]}
+    assert [extra["row"]["label"] for extra in features.extras()] == [row["label"] for row in rows]  # what on_fit_start counts
