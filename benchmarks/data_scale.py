@@ -112,21 +112,21 @@ def run_twice(system: str, kind: str, size: int, model: Path, data: Path, work: 
 
 
 def markdown(results: list[dict], meta: dict) -> str:
-    head = ("| rows | kind | system | first run: wall s | data prep s | peak RSS MB | second run: wall s | data prep s | peak RSS MB "
-            "| second prep / first |\n|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| rows | kind | system | first run: wall s | CPU s | data prep s | peak RSS MB | second run: wall s | CPU s | data prep s "
+            "| peak RSS MB | second prep / first |\n|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = ""
     keys = sorted({(r["rows"], r["kind"], r["system"]) for r in results}, key=lambda k: (k[0], k[1], k[2] != "rlhf_lab", k[2]))
     for rows, kind, system in keys:
         first, second = (next(r for r in results if (r["rows"], r["kind"], r["system"], r["run"]) == (rows, kind, system, run))
                          for run in ("first", "second"))
-        lines += (f"| {rows:,} | {kind} | {system} | {first['wall_s']:.0f} | {first['data_prep_s']:.1f} | {first['peak_rss_mb']:,} "
-                  f"| {second['wall_s']:.0f} | {second['data_prep_s']:.1f} | {second['peak_rss_mb']:,} "
+        lines += (f"| {rows:,} | {kind} | {system} | {first['wall_s']:.0f} | {first['cpu_s']:.0f} | {first['data_prep_s']:.1f} "
+                  f"| {first['peak_rss_mb']:,} | {second['wall_s']:.0f} | {second['cpu_s']:.0f} | {second['data_prep_s']:.2f} | {second['peak_rss_mb']:,} "
                   f"| {second['data_prep_s'] / first['data_prep_s']:.1%} |\n")
     v = meta["versions"]
     return (
         "## Data at scale: rlhf_lab vs TRL, 20k to 1M rows — `benchmarks/data_scale.py`\n\n"
         f"Measured {meta['date']} on {meta['machine']}; torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, "
-        f"rlhf_lab {v['rlhf_lab']}.\n\n```\n{meta['command']}\n```\n\n" + head + lines
+        f"rlhf_lab {v['rlhf_lab']}.\n\n```\n{meta['command']}\n```\n\n" + head + lines + (f"\n{meta['notes']}\n" if meta.get("notes") else "")
     )
 
 

@@ -173,7 +173,7 @@ class DataConfig(SourceConfig):
     group_by_length: bool = False  # batch rows of similar length together to reduce padding
     chat_template: str = "auto"  # auto: the tokenizer's chat template when it has one | never | a Jinja template or a .jinja file
     num_workers: int = 0  # DataLoader worker processes (streaming: 0 or 1, one process reading the stream beside training)
-    num_proc: int = 1  # processes that tokenise a table, a batch of rows each at a time (see benchmarks/RESULTS.md: data at scale)
+    num_proc: int = 1  # processes that tokenise a table, a batch of 1,000 rows each at a time
     table_cache_dir: Optional[str] = None  # tokenised tables, one per source and data version; None: $RLHF_LAB_CACHE/tables (~/.cache/rlhf_lab)
     streaming: bool = False  # read, validate and tokenise rows as training needs them (data larger than the disk): no table, exact resume
     shuffle_buffer: int = 10000  # streaming with shuffle: rows shuffled in a buffer of this many as it fills
