@@ -123,8 +123,10 @@ def markdown(results: list[dict], meta: dict) -> str:
                   f"| {first['peak_rss_mb']:,} | {second['wall_s']:.0f} | {second['cpu_s']:.0f} | {second['data_prep_s']:.2f} | {second['peak_rss_mb']:,} "
                   f"| {second['data_prep_s'] / first['data_prep_s']:.1%} |\n")
     v = meta["versions"]
+    names = [f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else f"{n:,}" for n in sorted({r["rows"] for r in results})]
+    sizes = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     return (
-        "## Data at scale: rlhf_lab vs TRL, 20k to 1M rows — `benchmarks/data_scale.py`\n\n"
+        f"## Data at scale: rlhf_lab vs TRL, {sizes} rows — `benchmarks/data_scale.py`\n\n"
         f"Measured {meta['date']} on {meta['machine']}; torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, "
         f"rlhf_lab {v['rlhf_lab']}.\n\n```\n{meta['command']}\n```\n\n" + head + lines + (f"\n{meta['notes']}\n" if meta.get("notes") else "")
     )
