@@ -384,9 +384,13 @@ def markdown(results: list[dict], ratio_lines: list[dict], meta: dict) -> str:
     )
 
 
-def merge_results(path: Path, section: str, shape: str = "lab") -> None:
-    """Replace the shape's training section between its markers (or append it); keep every other section."""
-    start, end = (MARKER_START, MARKER_END) if shape == "lab" else (f"<!-- train_vs_trl:{shape}:start -->", f"<!-- train_vs_trl:{shape}:end -->")
+def shape_markers(shape: str) -> tuple[str, str]:
+    """The RESULTS.md markers of a shape's section (the lab shape keeps the original ones)."""
+    return (MARKER_START, MARKER_END) if shape == "lab" else (f"<!-- train_vs_trl:{shape}:start -->", f"<!-- train_vs_trl:{shape}:end -->")
+
+
+def merge_results(path: Path, section: str, start: str = MARKER_START, end: str = MARKER_END) -> None:
+    """Replace the section between the markers (or append it); keep every other section."""
     block = f"{start}\n{section}{end}\n"
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
     if start in text and end in text:
@@ -420,7 +424,7 @@ def main() -> None:
     if a.report_only:
         saved = json.loads(a.report_only.read_text())
         meta = saved["meta"]
-        merge_results(a.results or HERE / "RESULTS.md", markdown(saved["results"], all_ratios(saved["results"]), meta), meta.get("shape", "lab"))
+        merge_results(a.results or HERE / "RESULTS.md", markdown(saved["results"], all_ratios(saved["results"]), meta), *shape_markers(meta.get("shape", "lab")))
         return
 
     from transformers import AutoTokenizer
@@ -468,7 +472,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results, "ratios": ratio_lines}, indent=1))
     print(json.dumps({"meta": meta, "work_dir": str(out)}))
     if a.results:
-        merge_results(a.results, markdown(results, ratio_lines, meta), meta.get("shape", "lab"))
+        merge_results(a.results, markdown(results, ratio_lines, meta), *shape_markers(meta.get("shape", "lab")))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ seed 42 and rows in file order (a sequential sampler, as rlhf_lab's ``data.shuff
 rlhf_lab does not checkpoint, so this is the same arithmetic), ``precompute_ref_log_probs=true``.
 
 Writes the training time (``trainer.train()`` plus, with ``precompute_ref_log_probs``, the
-reference pass TRL makes in its constructor), samples, non-padding tokens (attention-mask sum of
+reference pass TRL makes in its constructor), the setup time (reading the data and building the
+trainer, which tokenises it: ``setup_s``), samples, non-padding tokens (attention-mask sum of
 every training batch), the first and last logged loss and the effective config.
 """
 
@@ -112,6 +113,7 @@ def main() -> None:
     config = config_cls(**fields)
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    setup_started = time.perf_counter()
     dataset = load_dataset("json", data_files=args.data, split="train")
 
     precompute_s = 0.0
@@ -130,6 +132,7 @@ def main() -> None:
 
     losses = LossLog()
     trainer = trainer_cls(model=args.model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[losses])
+    setup_s = time.perf_counter() - setup_started  # reading the data and building the trainer (which tokenises it)
     started = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - started
@@ -139,6 +142,7 @@ def main() -> None:
             {
                 "train_time_s": train_s + precompute_s,
                 "setup_in_train_s": precompute_s,
+                "setup_s": setup_s,
                 "steps": trainer.state.global_step,
                 "samples": trainer.bench_samples,
                 "tokens": trainer.bench_tokens,

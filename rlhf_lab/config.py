@@ -175,8 +175,12 @@ class DataConfig(SourceConfig):
     pack_width: Optional[int] = None  # packed row width in tokens; None: the batch's longest sequence; 0: the whole batch in one row
     group_by_length: bool = False  # batch rows of similar length together to reduce padding
     chat_template: str = "auto"  # auto: the tokenizer's chat template when it has one | never | a Jinja template or a .jinja file
-    num_workers: int = 0
-    cache_dir: Optional[str] = None  # datasets cache; None: datasets' default
+    num_workers: int = 0  # DataLoader worker processes (streaming: 0 or 1, one process reading the stream beside training)
+    num_proc: int = 1  # processes that tokenise a table, a batch of 1,000 rows each at a time
+    table_cache_dir: Optional[str] = None  # tokenised tables, one per source and data version; None: $RLHF_LAB_CACHE/tables (~/.cache/rlhf_lab)
+    streaming: bool = False  # read, validate and tokenise rows as training needs them (data larger than the disk): no table, exact resume
+    shuffle_buffer: int = 10000  # streaming with shuffle: rows shuffled in a buffer of this many as it fills
+    cache_dir: Optional[str] = None  # datasets cache (hub datasets); None: datasets' default
 
 
 @dataclass

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from rlhf_lab.plugins import Registry
 
-HOOK_API_VERSION = "1.3"
+HOOK_API_VERSION = "1.4"
 
 hookspec = pluggy.HookspecMarker("rlhf_lab")
 

@@ -71,6 +71,16 @@ def arch_dir(tmp_path_factory):
     return _dir
 
 
+def feature_set(rows: list[dict], fmt: str, encode, encoder, **data):
+    """``rows`` through the real data path (validated, tokenised, cached table) as a FeatureSet, in
+    row order: a loader returns them, nothing is held out."""
+    from rlhf_lab.config import DataConfig
+    from rlhf_lab.data.module import DataModule
+
+    cfg = DataConfig(loader="rows", val_fraction=0.0, **data)
+    return DataModule(cfg, fmt, encode, encoder, {"rows": lambda src, fmt: rows}, seed=0).train_features
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

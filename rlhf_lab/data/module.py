@@ -1,39 +1,65 @@
-"""The DataModule: rows loaded and validated once, split, tokenised once, batched."""
+"""The DataModule: every source tokenised once into a cached, memory-mapped table (``data/table.py``)
+or streamed (``data/stream.py``); mixtures drawn and splits made over feature indices; batches read
+by index. No step holds the rows, or a Python object per row, in memory."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import random
+import time
 from typing import Callable
 
+import datasets
 import lightning as L
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from torch.utils.data import DataLoader
 
 from rlhf_lab.config import DataConfig, SourceConfig
 from rlhf_lab.data.collate import Collator
 from rlhf_lab.data.sampling import RankSampler, ResumableLoader
-from rlhf_lab.data.sources import load_rows, load_source, validate
+from rlhf_lab.data.sources import open_source
+from rlhf_lab.data.stream import FeatureStream, StreamLoader
+from rlhf_lab.data.table import FeatureSet, Pipeline, SourceTable, cache_root, column, read_notes, table_key, tokenised
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
-def split_rows(rows: list[dict], cfg: DataConfig, seed: int) -> tuple[list[dict], list[dict]]:
-    """Held-out tasks go wholly to validation; otherwise a seeded ``val_fraction`` of rows does."""
+def mix(per_source: list[np.ndarray], weights: list[float], size: int | None, seed: int) -> np.ndarray:
+    """Draw ``size`` features from the sources in proportion to their weights (with replacement
+    only where a source is asked for more than it has); the result is shuffled."""
+    size = size or sum(len(ix) for ix in per_source)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for ix, weight in zip(per_source, weights):
+        n = round(size * weight / sum(weights))
+        parts.append(rng.choice(ix, n, replace=False) if n <= len(ix) else np.concatenate([ix, rng.choice(ix, n - len(ix))]))
+    out = np.concatenate(parts)
+    rng.shuffle(out)
+    return out
+
+
+def split(table: datasets.Dataset, indices: np.ndarray, offsets: np.ndarray, cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) positions. Held-out tasks go wholly to validation; otherwise a seeded
+    ``val_fraction`` of the rows does, each with all its features (a ranking's pairs stay together)."""
     if cfg.holdout_tasks:
-        held = set(cfg.holdout_tasks)
-        unknown = held - {r["task"] for r in rows}
+        tasks = column(table, "task").take(pa.array(indices))
+        unknown = set(cfg.holdout_tasks) - set(pc.unique(tasks).to_pylist())
         if unknown:
             raise DataError(f"data.holdout_tasks names task(s) not in the data: {sorted(unknown)}.")
-        return [r for r in rows if r["task"] not in held], [r for r in rows if r["task"] in held]
+        held = pc.is_in(tasks, value_set=pa.array(list(cfg.holdout_tasks))).to_numpy(zero_copy_only=False)
+        return indices[~held], indices[held]
     if cfg.val_fraction <= 0:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, int(len(rows) * cfg.val_fraction))
-    val_idx = set(order[:n_val])
-    return [r for i, r in enumerate(rows) if i not in val_idx], [rows[i] for i in sorted(val_idx)]
+        return indices, indices[:0]
+    source = np.searchsorted(offsets, indices, side="right") - 1
+    groups = (source << 40) | column(table, "row").to_numpy()[indices]
+    unique, inverse = np.unique(groups, return_inverse=True)
+    is_val = np.zeros(len(unique), dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(len(unique))[: max(1, int(len(unique) * cfg.val_fraction))]] = True
+    return indices[~is_val[inverse]], indices[is_val[inverse]]
 
 
 class DataModule(L.LightningDataModule):
@@ -47,32 +73,21 @@ class DataModule(L.LightningDataModule):
         seed: int,
     ):
         super().__init__()
-        self.cfg = cfg
-        self.seed = seed
-        rows, self.stats = load_rows(cfg, fmt, loaders, seed, chat=encoder.use_chat)
-        train_rows, val_rows = split_rows(rows, cfg, seed)
-        if cfg.val_path:
-            extra, _ = load_source("val", SourceConfig(path=cfg.val_path), fmt, loaders, cfg.cache_dir, chat=encoder.use_chat)
-            val_rows += validate(extra, fmt, cfg.val_path, cfg.invalid_rows)[0]
-        self.train_rows, self.val_rows = train_rows, val_rows
-        self.train_features = encode(encoder, train_rows)
-        self.val_features = encode(encoder, val_rows) if val_rows else []
-        if not self.train_features:
-            if train_rows and encoder.truncation.dropped >= len(train_rows):
-                raise DataError(
-                    f"all {len(train_rows)} training rows dropped: their prompts alone fill data.max_length={encoder.max_length} "
-                    f"tokens (first rows: {encoder.truncation.rows}); raise data.max_length or shorten the prompts."
-                )
-            raise DataError("no training rows left after validation, hold-out and truncation.")
-        if note := encoder.report():
-            log.warning(note)
-        self.stats.update(
-            train_rows=len(self.train_features),
-            val_rows=len(self.val_features),
-            truncated=encoder.truncation.truncated,
-            dropped_too_long=encoder.truncation.dropped,
-        )
+        started = time.perf_counter()
+        self.cfg, self.seed, self.fmt, self.encoder, self.encode, self.loaders = cfg, seed, fmt, encoder, encode, loaders
         self.collate = Collator(encoder.tokenizer.pad_token_id, bool(cfg.padding_free), cfg.pack_width)
+        sources = dict(cfg.sources) if cfg.sources else {"data": cfg}
+        for name, src in sources.items():
+            if src.weight < 0:
+                raise DataError(f"data.sources.{name}.weight must be >= 0, got {src.weight}.")
+        self.stats: dict = {"dropped_invalid": 0, "truncated": 0, "dropped_too_long": 0}
+        self.stream: FeatureStream | None = None
+        self.train_loader = None
+        if cfg.streaming:
+            self._stream(sources)
+        else:
+            self._tables(sources)
+        self.stats["prepare_s"] = round(time.perf_counter() - started, 3)
         self.stats["padding_free"] = self.collate.padding_free
 
     def pack(self, blocker: str | None) -> None:
@@ -86,10 +101,90 @@ class DataModule(L.LightningDataModule):
             log.warning("padding-free batches off: %s; batches are padded", blocker)
         self.collate.padding_free = self.stats["padding_free"] = blocker is None
 
-    def _loader(self, features: list[dict], batch_size: int, train: bool) -> DataLoader:
+    # --- tables ------------------------------------------------------------------------------------
+
+    def _table(self, name: str, src: SourceConfig) -> SourceTable:
+        source = open_source(name, src, self.fmt, self.loaders, self.cfg.cache_dir)
+        pipeline = Pipeline(name, src, source.where, self.fmt, self.encoder, self.encode, self.cfg.invalid_rows == "error")
+        key = table_key(source, self.fmt, self.encoder, self.encode)
+        return tokenised(source, pipeline, key, cache_root(self.cfg.table_cache_dir), self.cfg.num_proc)
+
+    def _tables(self, sources: dict[str, SourceConfig]) -> None:
+        cfg = self.cfg
+        tables = [self._table(name, src) for name, src in sources.items()]
+        if cfg.val_path:
+            tables.append(self._table("val", SourceConfig(path=cfg.val_path)))
+        notes = [read_notes(t, self.fmt, cfg.invalid_rows) for t in tables]
+        whole = datasets.concatenate_datasets([t.dataset for t in tables]) if len(tables) > 1 else tables[0].dataset
+        offsets = np.cumsum([0] + [len(t.dataset) for t in tables])
+        per_source = [offsets[i] + n.features for i, n in enumerate(notes)]
+        train = per_source[0] if len(sources) == 1 else mix(per_source[: len(sources)], [s.weight for s in sources.values()], cfg.mixture_size, self.seed)
+        train, val = split(whole, train, offsets, cfg, self.seed)
+        if cfg.val_path:
+            val = np.concatenate([val, per_source[-1]])
+        key = hashlib.sha256("|".join(t.key for t in tables).encode()).hexdigest()
+        self.train_features, self.val_features = FeatureSet(whole, train, key), FeatureSet(whole, val, key)
+        dropped = sum(n.dropped for n in notes)
+        affected = [row for n in notes for row in n.affected][:5]
+        if not len(train):
+            if dropped and not any(len(n.features) for n in notes[: len(sources)]):
+                raise DataError(
+                    f"all {dropped} training rows dropped: their prompts alone fill data.max_length={self.encoder.max_length} "
+                    f"tokens (first rows: {affected}); raise data.max_length or shorten the prompts."
+                )
+            raise DataError("no training rows left after validation, hold-out and truncation.")
+        truncated = sum(n.truncated for n in notes)
+        if truncated or dropped:
+            log.warning("%d sequence(s) truncated to data.max_length=%d and %d row(s) dropped because the prompt alone fills it "
+                        "(first rows: %s).", truncated, self.encoder.max_length, dropped, affected)
+        self.stats.update(
+            dropped_invalid=sum(n.invalid for n in notes),
+            train_rows=len(train),
+            val_rows=len(val),
+            truncated=truncated,
+            dropped_too_long=dropped,
+            tables_cached=sum(t.hit for t in tables),
+        )
+
+    # --- streaming ---------------------------------------------------------------------------------
+
+    def _stream(self, sources: dict[str, SourceConfig]) -> None:
+        cfg = self.cfg
+        if cfg.holdout_tasks:
+            raise ConfigError("data.holdout_tasks needs a table (it splits the data before training): set data.streaming=false, "
+                              "or give the held-out rows as data.val_path.")
+        if cfg.num_workers > 1:
+            raise ConfigError(f"data.streaming reads one stream in order: data.num_workers must be 0 or 1, got {cfg.num_workers}.")
+        opened = [open_source(name, src, self.fmt, self.loaders, cfg.cache_dir) for name, src in sources.items()]
+        pipelines = [Pipeline(name, src, s.where, self.fmt, self.encoder, self.encode, cfg.invalid_rows == "error")
+                     for (name, src), s in zip(sources.items(), opened)]
+        self.stream = FeatureStream(opened, pipelines, [s.weight for s in sources.values()], cfg.mixture_size, cfg.batch_size,
+                                    self.collate, self.seed, cfg.shuffle, cfg.shuffle_buffer)
+        self.train_features = None
+        if cfg.val_path:
+            table = self._table("val", SourceConfig(path=cfg.val_path))
+            notes = read_notes(table, self.fmt, cfg.invalid_rows)
+            self.val_features = FeatureSet(table.dataset, notes.features, table.key)
+        else:
+            self.val_features = []
+            if cfg.val_fraction > 0:
+                log.info("data.streaming: a stream is not split for validation (data.val_fraction applies to tables); "
+                         "give data.val_path to validate.")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """The stream's position after the batch training is about to take: what a checkpoint keeps."""
+        stream = batch.pop("stream", None) if isinstance(batch, dict) else None
+        if stream is not None:
+            self.train_loader.taken = stream["position"]
+            self.stats.update(stream["counts"])
+        return batch
+
+    # --- loaders -----------------------------------------------------------------------------------
+
+    def _loader(self, features: FeatureSet, batch_size: int, train: bool) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         sampler = RankSampler(
-            [sum(len(s["input_ids"]) for s in f["sequences"]) for f in features],
+            features.lengths(),
             batch_size * world,
             shuffle=train and self.cfg.shuffle,
             group_by_length=train and self.cfg.group_by_length,
@@ -100,10 +195,15 @@ class DataModule(L.LightningDataModule):
         loader_cls = ResumableLoader if train else DataLoader
         return loader_cls(features, batch_size=batch_size, sampler=sampler, collate_fn=self.collate, num_workers=self.cfg.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_features, self.cfg.batch_size, train=True)
+    def train_dataloader(self):
+        if self.stream is not None:
+            self.stream.rank, self.stream.world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+            self.train_loader = StreamLoader(self.stream, self.cfg.num_workers)
+        else:
+            self.train_loader = self._loader(self.train_features, self.cfg.batch_size, train=True)
+        return self.train_loader
 
     def val_dataloader(self):
-        if not self.val_features:
+        if not len(self.val_features):
             return []
         return self._loader(self.val_features, self.cfg.eval_batch_size or self.cfg.batch_size, train=False)

@@ -19,14 +19,16 @@ Errors name the file (or dataset) and the 1-based row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import datasets
+import numpy as np
 
 from rlhf_lab.config import DataConfig, SourceConfig
 from rlhf_lab.errors import DataError
@@ -197,38 +199,11 @@ def detect_layout(row: dict, fmt: str) -> str | None:
     return None
 
 
-# --- loading -------------------------------------------------------------------------------------
-
-
-def _load_file(path: str, split: str, cache_dir: str | None) -> datasets.Dataset:
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"data file {path} does not exist.")
-    if p.is_dir():
-        return datasets.load_dataset(str(p), split=split, cache_dir=cache_dir)
-    builder = FILE_BUILDERS.get(p.suffix.lower())
-    if builder is None:
-        raise DataError(f"{path}: unsupported file type '{p.suffix}' (use one of {', '.join(FILE_BUILDERS)}).")
-    if p.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty.")
-    try:
-        return datasets.load_dataset(builder, data_files=str(p), split="train", cache_dir=cache_dir)
-    except Exception as exc:
-        if builder != "parquet":
-            _locate_utf8_problem(p)
-        if p.suffix.lower() == ".jsonl":
-            _locate_jsonl_problem(p)
-        raise DataError(f"{path}: could not be read as {builder}: {type(exc).__name__}: {exc}") from exc
-
-
-def _rows(ds, src: SourceConfig, where: str) -> list[dict]:
-    """The rows as dicts; text that is not UTF-8 is named by file and row (Arrow fails on reading it)."""
-    try:
-        return list(ds) if not isinstance(ds, list) else ds
-    except UnicodeDecodeError as exc:
-        if src.path and Path(src.path).is_file():
-            _locate_utf8_problem(Path(src.path))
-        raise DataError(f"{where}: text that is not valid UTF-8 ({exc.reason}).") from exc
+# --- reading ------------------------------------------------------------------------------------
+#
+# A source's rows are read in batches as they are needed, never all at once: files and hub datasets
+# through datasets' streaming readers (a file is read in chunks, whatever its size), a loader's rows
+# as it returns them. Every row keeps its 1-based number in the source, for messages.
 
 
 def _locate_utf8_problem(path: Path) -> None:
@@ -243,7 +218,8 @@ def _locate_utf8_problem(path: Path) -> None:
 
 
 def _locate_jsonl_problem(path: Path) -> None:
-    """When Arrow cannot read a JSONL file, find the first bad line ourselves to name it."""
+    """When Arrow cannot read a JSONL file, find the first bad line ourselves to name it (one line
+    in memory at a time)."""
     types: dict[str, type] = {}
     rows = 0
     with path.open(encoding="utf-8") as fh:
@@ -270,37 +246,153 @@ def _locate_jsonl_problem(path: Path) -> None:
         raise DataError(f"{path}: no rows (the file has only blank lines).")
 
 
-def load_source(
-    name: str, src: SourceConfig, fmt: str, loaders: dict[str, Callable], cache_dir=None, chat: bool = True
-) -> tuple[list[dict], str]:
-    """Rows of one source as canonical dicts with ``task``; returns (rows, where) for messages.
-    ``chat``: whether prompts will go through a chat template (see the converters)."""
+def _digest(files: list[Path], root: Path) -> str:
+    """sha256 over the files' names (relative to the directory ``root``; a lone file: its type)
+    and bytes, read in 1 MiB blocks."""
+    key = hashlib.sha256()
+    for f in files:
+        key.update(str(f.relative_to(root) if f != root else f.suffix.lower()).encode() + b"\0")
+        with f.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                key.update(block)
+        key.update(b"\0")
+    return key.hexdigest()
+
+
+@dataclass
+class Source:
+    """One configured source, unread: ``where`` names it in messages, ``key()`` identifies its
+    content, ``batches()`` reads its rows a batch at a time."""
+
+    name: str
+    cfg: SourceConfig
+    where: str
+    path: Path | None = None  # a file or a local directory (files, local hub datasets)
+    loaded: Any = None  # what a loader returned: a list of rows or a datasets.Dataset
+    cache_dir: str | None = None
+
+    def key(self) -> str:
+        """Identifies the rows: the bytes of the files (so an edited file, even one that keeps its
+        size and time, misses; a copy elsewhere hits), a hub dataset's resolved revision, a
+        loader's rows themselves."""
+        if self.path is not None:
+            files = sorted(f for f in self.path.rglob("*") if f.is_file() and ".cache" not in f.parts) if self.path.is_dir() else [self.path]
+            return "files:" + _digest(files, self.path)
+        if self.loaded is None:
+            try:
+                builder = datasets.load_dataset_builder(self.cfg.hub, self.cfg.subset, cache_dir=self.cache_dir)
+            except Exception as exc:
+                raise DataError(f"could not load {self.where}: {type(exc).__name__}: {exc}") from exc
+            return f"hub:{self.cfg.hub}:{self.cfg.subset}:{self.cfg.split}:{builder.hash}"
+        if isinstance(self.loaded, datasets.Dataset):
+            return "dataset:" + self.loaded._fingerprint
+        key = hashlib.sha256()
+        for row in self.loaded:
+            key.update(json.dumps(row, sort_keys=True, default=str).encode() + b"\n")
+        return "rows:" + key.hexdigest()
+
+    def _stream(self) -> datasets.IterableDataset | list[dict]:
+        if self.loaded is not None:
+            return self.loaded.to_iterable_dataset() if isinstance(self.loaded, datasets.Dataset) else self.loaded
+        try:
+            if self.path is not None and self.path.is_file():
+                builder = FILE_BUILDERS[self.path.suffix.lower()]
+                return datasets.load_dataset(builder, data_files=str(self.path), split="train", streaming=True, cache_dir=self.cache_dir)
+            return datasets.load_dataset(self.cfg.hub or str(self.path), self.cfg.subset, split=self.cfg.split, streaming=True,
+                                         cache_dir=self.cache_dir)
+        except Exception as exc:
+            raise DataError(f"could not load {self.where}: {type(exc).__name__}: {exc}") from exc
+
+    def batches(self, batch_size: int, start: int = 0, shuffle: tuple[int, int, int] | None = None) -> Iterator[tuple[list[int], list[dict]]]:
+        """(row numbers, rows), ``batch_size`` rows at a time, from position ``start`` of the
+        (first ``cfg.limit`` rows of the) source. ``shuffle=(seed, epoch, buffer_size)`` reads it in
+        a seeded order: a buffer of rows shuffled as it fills (a list: all of it)."""
+        stream = self._stream()
+        limit = self.cfg.limit
+        if isinstance(stream, list):
+            order = np.arange(len(stream) if limit is None else min(limit, len(stream)))
+            if shuffle is not None:
+                order = np.random.default_rng([shuffle[0], shuffle[1]]).permutation(order)
+            for at in range(start, len(order), batch_size):
+                picked = order[at : at + batch_size]
+                yield [int(i) + 1 for i in picked], [stream[i] for i in picked]
+            return
+        if limit is not None:
+            stream = stream.take(limit)
+        stream = stream.map(lambda row, i: {"_rowno": i + 1}, with_indices=True)
+        if shuffle is not None:
+            stream = stream.shuffle(seed=shuffle[0], buffer_size=shuffle[2])
+            stream.set_epoch(shuffle[1])
+        if start:
+            stream = stream.skip(start)
+        read = 0
+        try:
+            for batch in stream.iter(batch_size):
+                rownos = batch.pop("_rowno")
+                keys = list(batch)
+                read += len(rownos)
+                yield rownos, [dict(zip(keys, values)) for values in zip(*batch.values())]
+        except (DataError, GeneratorExit):
+            raise
+        except Exception as exc:
+            self._locate_problem()
+            raise DataError(f"{self.where}: could not be read: {type(exc).__name__}: {exc}") from exc
+        if not read and not start:  # a file of blank lines reads as no rows: say so
+            self._locate_problem()
+
+    def _locate_problem(self) -> None:
+        """Name the first bad line of a file that Arrow could not read (one line in memory at a time)."""
+        if self.path is not None and self.path.is_file():
+            if self.path.suffix.lower() != ".parquet":
+                _locate_utf8_problem(self.path)
+            if self.path.suffix.lower() == ".jsonl":
+                _locate_jsonl_problem(self.path)
+
+
+def open_source(name: str, src: SourceConfig, fmt: str, loaders: dict[str, Callable], cache_dir: str | None = None) -> Source:
+    """The source ``name`` as configured, checked but not read (a loader runs: it returns its rows)."""
     loader = src.loader
     if loader == "auto":
         loader = "file" if src.path else "hub" if src.hub else None
     if loader == "file":
-        where = src.path
-        ds = _load_file(src.path, src.split, cache_dir)
-    elif loader == "hub":
+        if not src.path:
+            raise DataError(f"data source '{name}': loader=file needs `path` (data.path=FILE).")
+        path = Path(src.path)
+        if not path.exists():
+            raise DataError(f"data file {src.path} does not exist.")
+        if path.is_file():
+            if path.suffix.lower() not in FILE_BUILDERS:
+                raise DataError(f"{src.path}: unsupported file type '{path.suffix}' (use one of {', '.join(FILE_BUILDERS)}).")
+            if path.stat().st_size == 0:
+                raise DataError(f"{src.path}: the file is empty.")
+        return Source(name, src, src.path, path=path, cache_dir=cache_dir)
+    if loader == "hub":
         where = f"dataset {src.hub}" + (f" ({src.subset})" if src.subset else "") + f" split {src.split}"
-        try:
-            ds = datasets.load_dataset(src.hub, src.subset, split=src.split, cache_dir=cache_dir)
-        except Exception as exc:
-            raise DataError(f"could not load {where}: {type(exc).__name__}: {exc}") from exc
-    elif loader in loaders:
-        where = f"loader '{loader}'"
-        ds = loaders[loader](src, fmt)
-    else:
-        known = ", ".join(["file", "hub", *sorted(loaders)])
-        raise DataError(f"data source '{name}': set `path` or `hub`, or a loader (known: {known}); got loader={src.loader}.")
-    rows = _rows(ds, src, where)
-    if src.limit is not None:
-        rows = rows[: src.limit]
-    rows = [_canonical(row, src, name, where, i, fmt, chat) for i, row in enumerate(rows, start=1)]
-    return rows, where
+        local = Path(src.hub) if src.hub and Path(src.hub).is_dir() else None
+        return Source(name, src, where, path=local, cache_dir=cache_dir)
+    if loader in loaders:
+        rows = loaders[loader](src, fmt)
+        return Source(name, src, f"loader '{loader}'", loaded=rows, cache_dir=cache_dir)
+    known = ", ".join(["file", "hub", *sorted(loaders)])
+    raise DataError(f"data source '{name}': set `path` or `hub`, or a loader (known: {known}); got loader={src.loader}.")
 
 
-def _canonical(row: dict, src: SourceConfig, name: str, where: str, rowno: int, fmt: str, chat: bool) -> dict:
+def load_source(
+    name: str, src: SourceConfig, fmt: str, loaders: dict[str, Callable], cache_dir=None, chat: bool = True
+) -> tuple[list[dict], str]:
+    """Rows of one small source (evaluation tasks, seed instructions) as canonical dicts with
+    ``task``; returns (rows, where) for messages. Training data goes through tokenised tables
+    (``data/table.py``) instead and is never held whole. ``chat``: whether prompts will go through
+    a chat template (see the converters)."""
+    source = open_source(name, src, fmt, loaders, cache_dir)
+    rows = [canonical(row, src, name, source.where, n, fmt, chat) for rownos, batch in source.batches(1000) for n, row in zip(rownos, batch)]
+    return rows, source.where
+
+
+def canonical(row: dict, src: SourceConfig, name: str, where: str, rowno: int, fmt: str, chat: bool) -> dict:
+    """A row as read, in the canonical fields of ``fmt``: columns mapped (``fields``), a public
+    layout converted (``converter``, or detected), ``task`` set; ``_source`` and ``_row`` say
+    where it came from."""
     if src.fields:
         for canon, col in src.fields.items():
             if not isinstance(col, str):
@@ -390,7 +482,7 @@ def row_problem(row: dict, fmt: str) -> str | None:
 
 
 def validate(rows: list[dict], fmt: str, where: str, policy: str) -> tuple[list[dict], int]:
-    """Stop at the first bad row (policy 'error') or drop bad rows and count them ('drop')."""
+    """Of a small list of rows: stop at the first bad row (policy 'error') or drop bad rows and count them ('drop')."""
     kept = []
     for rowno, row in enumerate(rows, start=1):
         problem = row_problem(row, fmt)
@@ -405,36 +497,3 @@ def validate(rows: list[dict], fmt: str, where: str, policy: str) -> tuple[list[
     if len(kept) < len(rows):
         log.warning("%s: dropped %d invalid %s row(s) (data.invalid_rows=drop).", where, len(rows) - len(kept), fmt)
     return kept, len(rows) - len(kept)
-
-
-def mix(parts: dict[str, list[dict]], weights: dict[str, float], size: int | None, seed: int) -> list[dict]:
-    """Draw ``size`` rows from the sources in proportion to their weights (with replacement only
-    where a source is asked for more rows than it has); the result is shuffled."""
-    total_w = sum(weights.values())
-    size = size or sum(len(rows) for rows in parts.values())
-    rng = random.Random(seed)
-    out: list[dict] = []
-    for name, rows in parts.items():
-        n = round(size * weights[name] / total_w)
-        if n <= len(rows):
-            out += rng.sample(rows, n)
-        else:
-            out += rows + rng.choices(rows, k=n - len(rows))
-    rng.shuffle(out)
-    return out
-
-
-def load_rows(cfg: DataConfig, fmt: str, loaders: dict[str, Callable], seed: int, chat: bool = True) -> tuple[list[dict], dict[str, Any]]:
-    """All rows of the configured source or mixture, validated; plus counts for the run summary."""
-    sources = dict(cfg.sources) if cfg.sources else {"data": cfg}
-    parts, stats = {}, {"dropped_invalid": 0}
-    for name, src in sources.items():
-        if src.weight < 0:
-            raise DataError(f"data.sources.{name}.weight must be >= 0, got {src.weight}.")
-        rows, where = load_source(name, src, fmt, loaders, cfg.cache_dir, chat)
-        rows, dropped = validate(rows, fmt, where, cfg.invalid_rows)
-        stats["dropped_invalid"] += dropped
-        parts[name] = rows
-    if len(parts) == 1:
-        return next(iter(parts.values())), stats
-    return mix(parts, {n: s.weight for n, s in sources.items()}, cfg.mixture_size, seed), stats

@@ -1,19 +1,18 @@
-"""Turn validated rows into token sequences, once per run.
+"""Turn validated rows into token sequences.
 
 A *sequence* is ``{"input_ids": [...], "labels": [...]}`` with ``labels == -100`` on tokens that
-are not scored (the prompt), both stored as ``array("i")``: with the per-sequence overhead 15 bytes
-a token against 79 for Python lists of ints (measured on 20,480 preference rows, 2.7M tokens: 39 MB
-against 203 MB). The collators take lists as well, so a plugin's ``encode`` may return either.
-Prompts go through the tokenizer's chat template when it has one (``data.chat_template=auto``);
-completions end with EOS; a ``text`` row is all completion. Sequences longer than
-``data.max_length`` are cut at the end of the completion (counted) or rejected
-(``data.on_overflow=error``).
+are not scored (the prompt), both ``array("i")`` (compact int32; the collators take lists too, so a
+plugin's ``encode`` may return either). The Encoder's sequences are ``Sequence`` dicts that also
+remember their row and whether they were cut: the tokenised table (``data/table.py``) reads both to
+tell which row each feature came from. Prompts go through the tokenizer's chat template when it has
+one (``data.chat_template=auto``); completions end with EOS; a ``text`` row is all completion.
+Sequences longer than ``data.max_length`` are cut at the end of the completion (counted) or
+rejected (``data.on_overflow=error``); a row whose prompt alone fills it gives no sequence.
 """
 
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
@@ -25,11 +24,15 @@ from rlhf_lab.errors import DataError
 IGNORE = -100
 
 
-@dataclass
-class Truncation:
-    truncated: int = 0  # sequences whose completion was cut to fit
-    dropped: int = 0  # rows whose prompt alone fills max_length
-    rows: list[str] = field(default_factory=list)  # the first few rows affected, for the message
+class Sequence(dict):
+    """``{"input_ids", "labels"}`` plus, as attributes that copying drops, the row it was made from
+    (``row``) and whether its completion was cut to fit ``max_length`` (``truncated``)."""
+
+    __slots__ = ("row", "truncated")
+
+    def __init__(self, input_ids: array, labels: array, row: dict, truncated: bool):
+        super().__init__(input_ids=input_ids, labels=labels)
+        self.row, self.truncated = row, truncated
 
 
 def origin(row: dict) -> str:
@@ -54,7 +57,6 @@ class Encoder:
         self.max_length = max_length
         self.use_chat = chat_template != "never" and getattr(tokenizer, "chat_template", None) is not None
         self.on_overflow = on_overflow
-        self.truncation = Truncation()
 
     def _chat_needed(self, row: dict | None) -> DataError:
         why = "data.chat_template=never" if getattr(self.tokenizer, "chat_template", None) else "the tokenizer has no chat template"
@@ -103,7 +105,7 @@ class Encoder:
         eos = [self.tokenizer.eos_token_id]
         return [ids + eos for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
-    def sequence(self, prompt: list[int], completion: list[int], row: dict) -> dict | None:
+    def sequence(self, prompt: list[int], completion: list[int], row: dict) -> Sequence | None:
         """Prompt + completion with the prompt masked; None when nothing of the completion fits."""
         overflow = len(prompt) + len(completion) - self.max_length
         if overflow > 0:
@@ -112,14 +114,10 @@ class Encoder:
                     f"{origin(row)}: {len(prompt) + len(completion)} tokens exceed data.max_length={self.max_length} "
                     "(set data.on_overflow=truncate to cut it)."
                 )
-            if len(self.truncation.rows) < 5:
-                self.truncation.rows.append(origin(row))
             if len(prompt) >= self.max_length:
-                self.truncation.dropped += 1
                 return None
-            self.truncation.truncated += 1
             completion = completion[: len(completion) - overflow]
-        return {"input_ids": array("i", prompt + completion), "labels": array("i", [IGNORE] * len(prompt) + completion)}
+        return Sequence(array("i", prompt + completion), array("i", [IGNORE] * len(prompt) + completion), row, overflow > 0)
 
     def sft(self, rows: list[dict]) -> list[dict]:
         """One sequence per row: the prompt (or all turns before the last) then the answer; a
@@ -158,12 +156,3 @@ class Encoder:
             if None not in seqs:
                 features.append({"sequences": seqs})
         return features
-
-    def report(self) -> str | None:
-        t = self.truncation
-        if not (t.truncated or t.dropped):
-            return None
-        return (
-            f"{t.truncated} sequence(s) truncated to data.max_length={self.max_length} and {t.dropped} row(s) dropped "
-            f"because the prompt alone fills it (first rows: {t.rows})."
-        )

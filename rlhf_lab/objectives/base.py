@@ -1,6 +1,6 @@
 """The base of every objective: a LightningModule *system* over models handed in from outside.
 
-A subclass declares the rows it reads (``data_format``), how a list of rows becomes token
+A subclass declares the rows it reads (``data_format``), how a batch of rows becomes token
 sequences (``encode``), and one method, ``compute_loss(batch) -> (loss, metrics)``; training and
 validation steps, logging, optimisers and export are shared here.
 """
@@ -61,7 +61,8 @@ class Objective(L.LightningModule):
 
     @classmethod
     def encode(cls, encoder: Encoder, rows: list[dict]) -> list[dict]:
-        """Rows of ``data_format`` to features (``{"sequences": [...]}``), once per run."""
+        """Rows of ``data_format`` to features (``{"sequences": [...]}``): called on batches of rows,
+        possibly in worker processes; the result is cached with the tokenised table (``data/table.py``)."""
         return encoder.sft(rows)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

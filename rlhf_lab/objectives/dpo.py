@@ -9,7 +9,7 @@ picks the variant from ``losses.PREFERENCE_LOSSES`` (sigmoid, ipo, cdpo, hinge, 
 The reference pi_ref is the initial policy, frozen. ``objective.reference=precompute`` (default)
 scores train and validation data with it once before training and caches the result on disk,
 keyed by the model config and the tokenised data, so a re-run or a sweep over ``beta`` loads it;
-``live`` scores each batch with it during training. With LoRA the reference is the policy with its
+``live`` scores each batch with it during training (and is what a stream, ``data.streaming=true``, allows). With LoRA the reference is the policy with its
 adapters disabled: no second copy of the model is ever built.
 """
 
@@ -19,17 +19,19 @@ import hashlib
 import json
 import logging
 import os
-from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
 from rlhf_lab import hookimpl
 from rlhf_lab.config import Choice, ModelConfig, ObjectiveConfig, choices
+from rlhf_lab.data.table import FeatureSet
 from rlhf_lab.data.tokenize import Encoder
+from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import TINY_DIR, disable_dropout, eval_mode
 from rlhf_lab.models.lm import score_labels
 from rlhf_lab.models.reference import Reference
@@ -73,13 +75,11 @@ def model_fingerprint(cfg: ModelConfig) -> dict:
     return {**{f: getattr(cfg, f) for f in fields}, "files": files}
 
 
-def reference_cache_path(cache_dir: str, model_cfg: ModelConfig, features: list[dict]) -> Path:
+def reference_cache_path(cache_dir: str, model_cfg: ModelConfig, features: FeatureSet) -> Path:
+    """Keyed by the model and the exact features: the tokenised tables' keys (which cover every
+    token) and the features' positions in them, so no token is read to find the cache."""
     key = hashlib.sha256(json.dumps(model_fingerprint(model_cfg), sort_keys=True).encode())
-    for feature in features:
-        for seq in feature["sequences"]:
-            ids, labels = array("i", seq["input_ids"]), array("i", seq["labels"])
-            key.update(len(ids).to_bytes(4, "little") + ids.tobytes() + labels.tobytes())
-        key.update(b"|")  # feature boundary
+    key.update(features.fingerprint())
     cache_dir = cache_dir or os.path.join(os.environ.get("RLHF_LAB_CACHE", "~/.cache/rlhf_lab"), "ref_logps")
     return Path(cache_dir).expanduser() / f"{key.hexdigest()[:32]}.pt"
 
@@ -121,7 +121,7 @@ class DPO(Objective):
         with self.ref.model(self.policy, reference if reference is not None else self.reference) as model:
             return self.sequence_logps(model, batch)[0]
 
-    def precompute_reference(self, features: list[dict], collate, batch_size: int) -> torch.Tensor:
+    def precompute_reference(self, features: FeatureSet, collate, batch_size: int) -> torch.Tensor:
         """(num_features, 2) reference log-probs of each feature's two sequences (chosen and
         rejected; KTO: matched and mismatched), from the on-disk cache when this model has scored
         these exact tokens before. With several processes each scores every world_size-th pair
@@ -143,8 +143,8 @@ class DPO(Objective):
                 log.warning("reference log-probs: cache %s is unreadable (%s); computing them again", path, type(exc).__name__)
         # Every rank runs the same number of batches (FSDP's collectives need it): the shares are
         # padded to equal length with a repeat of the first pair, dropped afterwards.
-        share = features[rank::world]
-        share += features[:1] * (-(-len(features) // world) - len(share))
+        mine_at = np.arange(rank, len(features), world)
+        share = features.subset(np.concatenate([mine_at, np.zeros(-(-len(features) // world) - len(mine_at), dtype=np.int64)]))
         # A fresh frozen copy, not the policy: on a resumed run the policy is no longer the initial one.
         reference = self.ref.copy()
         reference = reference.to(self.device) if reference is not None else None
@@ -171,12 +171,14 @@ class DPO(Objective):
         if not (self.uses_reference and self.cfg.reference == "precompute"):
             return
         data = self.trainer.datamodule
-        features = data.train_features + data.val_features
+        if data.train_features is None:
+            raise ConfigError("objective.reference=precompute scores every pair before training, which a stream (data.streaming=true) "
+                              "cannot: set objective.reference=live.")
+        train, val = data.train_features, data.val_features
         with self.trainer.precision_plugin.forward_context():  # the precision the policy trains in
-            ref_logps = self.precompute_reference(features, data.collate, data.cfg.eval_batch_size or data.cfg.batch_size)
-        for feature, pair in zip(features, ref_logps.tolist()):
-            for seq, ref_logp in zip(feature["sequences"], pair):
-                seq["ref_logp"] = ref_logp  # the collator batches it as batch["ref_logps"]
+            ref_logps = self.precompute_reference(train + val, data.collate, data.cfg.eval_batch_size or data.cfg.batch_size).numpy()
+        train.attach("ref_logp", ref_logps[: len(train)])  # each sequence reads its value: the collator batches them as batch["ref_logps"]
+        val.attach("ref_logp", ref_logps[len(train) :])
 
     # --- loss ------------------------------------------------------------------------------------
 

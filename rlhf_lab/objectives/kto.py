@@ -74,10 +74,11 @@ class KTO(DPO):
         return features
 
     def on_fit_start(self) -> None:
-        labels = [f["row"]["label"] for f in self.trainer.datamodule.train_features]
+        features = self.trainer.datamodule.train_features  # None for a stream: its labels are not known before training
+        labels = [extra["row"]["label"] for extra in features.extras()] if features is not None else []
         n_d, n_u = sum(labels), len(labels) - sum(labels)
         ratio = self.cfg.desirable_weight * n_d / max(self.cfg.undesirable_weight * n_u, 1)
-        if not 1 <= ratio <= 4 / 3:  # the paper's advice (sec. 4.2), which TRL also warns about
+        if labels and not 1 <= ratio <= 4 / 3:  # the paper's advice (sec. 4.2), which TRL also warns about
             log.warning("KTO: %d desirable and %d undesirable rows give lambda_D n_D / (lambda_U n_U) = %.2f, outside [1, 4/3]; "
                         "consider objective.desirable_weight or objective.undesirable_weight.", n_d, n_u, ratio)  # fmt: skip
         super().on_fit_start()

@@ -53,6 +53,19 @@ def test_two_processes_match_one_process(cli, single, strategy, objective):
     assert res.summary["val/loss"] == pytest.approx(one.summary["val/loss"], rel=1e-3)
 
 
+def test_a_stream_trained_on_two_processes_matches_one_process(cli):
+    """Each rank reads the whole stream and takes every other row of each global batch (44 rows:
+    the sixth batch is an epoch's short last one, the seventh starts the next epoch)."""
+    stream = ("data.streaming=true", "data.num_rows=44", "data.shuffle_buffer=16", "trainer.max_steps=7", "logger=csv",
+              "trainer.log_every_n_steps=1", "trainer.save_checkpoint=false", "export=false", "optim.warmup_steps=0", "optim.lr=3e-3")
+    one = cli(*stream, "data.batch_size=8")
+    two = cli(*stream, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4")
+    assert one.returncode == 0 and two.returncode == 0, one.output + two.output
+    assert len(losses(two.run_dir)) == 7
+    assert losses(two.run_dir) == pytest.approx(losses(one.run_dir), rel=1e-3)
+    assert two.summary["data/rows_read"] == one.summary["data/rows_read"]
+
+
 def test_ddp_sweep_runs_each_job_once_per_rank(cli, tmp_path):
     sweep = tmp_path / "sweep"
     res = cli("-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.max_steps=3", "data.num_rows=100", "logger=csv",

@@ -8,7 +8,7 @@ import pytest
 
 from rlhf_lab.config import DataConfig, ModelConfig
 from rlhf_lab.data.builtin import load_synthetic
-from rlhf_lab.data.sources import load_rows
+from rlhf_lab.data.sources import load_source, validate
 from rlhf_lab.data.tokenize import IGNORE, Encoder
 from rlhf_lab.errors import DataError
 from rlhf_lab.models import load_tokenizer
@@ -17,7 +17,8 @@ from tests.inprocess import QUICK, run_in_process
 
 
 def rows_of(path, fmt="sft", chat=True, **cfg):
-    return load_rows(DataConfig(path=str(path), **cfg), fmt, {"synthetic": load_synthetic}, seed=0, chat=chat)[0]
+    rows, where = load_source("data", DataConfig(path=str(path), **cfg), fmt, {"synthetic": load_synthetic}, chat=chat)
+    return validate(rows, fmt, where, "error")[0]
 
 
 def scored_text(tokenizer, seq) -> str:

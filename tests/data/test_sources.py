@@ -1,15 +1,21 @@
-"""Loading, field mapping, converters, mixtures and row validation on local files."""
+"""Loading, field mapping, converters, mixtures and row validation on local files: canonical rows
+through ``load_source``, and what training sees through the DataModule (tables)."""
 
 import json
 
 import datasets
+import pyarrow as pa
 import pytest
 
 from rlhf_lab.config import DataConfig, SourceConfig
 from rlhf_lab.data.builtin import load_synthetic
-from rlhf_lab.data.module import split_rows
-from rlhf_lab.data.sources import load_rows
+from rlhf_lab.data.module import DataModule
+from rlhf_lab.data.sources import load_source
+from rlhf_lab.data.table import column
+from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import DataError
+from rlhf_lab.objectives.dpo import DPO
+from rlhf_lab.objectives.sft import SFT
 from tests.conftest import write_jsonl
 
 LOADERS = {"synthetic": load_synthetic}
@@ -17,7 +23,17 @@ SFT_ROWS = [{"prompt": f"Q{i}", "completion": f"A{i}"} for i in range(6)]
 
 
 def rows_of(cfg, fmt="sft"):
-    return load_rows(cfg, fmt, LOADERS, seed=0)[0]
+    return load_source("data", cfg, fmt, LOADERS)[0]
+
+
+@pytest.fixture
+def module(tiny_tokenizer):
+    """``module(cfg, fmt="sft")``: the DataModule an SFT or DPO run builds."""
+    return lambda cfg, fmt="sft": DataModule(cfg, fmt, {"sft": SFT, "preference": DPO}[fmt].encode, Encoder(tiny_tokenizer, 64), LOADERS, seed=0)
+
+
+def tasks_of(features) -> list[str]:
+    return column(features.table, "task").take(pa.array(features.indices)).to_pylist()
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv"])
@@ -51,41 +67,41 @@ def test_field_mapping(tmp_path):
         ([{"prompt": "a", "completion": "b"}] * 2 + [{"prompt": "c", "completion": 3}], "row 3: field 'completion' must be text, got int"),
     ],
 )
-def test_malformed_rows_name_file_and_row(tmp_path, rows, message):
+def test_malformed_rows_name_file_and_row(tmp_path, rows, message, module):
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError) as err:
-        rows_of(DataConfig(path=str(path)))
+        module(DataConfig(path=str(path)))
     assert str(path) in str(err.value) and message in str(err.value)
 
 
-def test_consistently_wrong_type_is_named(tmp_path):
+def test_consistently_wrong_type_is_named(tmp_path, module):
     path = write_jsonl(tmp_path / "ints.jsonl", [{"prompt": "a", "completion": 1}, {"prompt": "b", "completion": 2}])
     with pytest.raises(DataError, match=r"ints.jsonl row 1: field 'completion' must be text, got int"):
-        rows_of(DataConfig(path=str(path)))
+        module(DataConfig(path=str(path)))
 
 
-def test_invalid_json_line_is_named(tmp_path):
+def test_invalid_json_line_is_named(tmp_path, module):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion"\n')
     with pytest.raises(DataError, match=r"broken.jsonl row 2: not valid JSON"):
-        rows_of(DataConfig(path=str(path)))
+        module(DataConfig(path=str(path)))
 
 
-def test_drop_policy_counts_invalid_rows(tmp_path):
+def test_drop_policy_counts_invalid_rows(tmp_path, module):
     path = write_jsonl(tmp_path / "mixed.jsonl", SFT_ROWS + [{"prompt": "x", "completion": ""}])
-    rows, stats = load_rows(DataConfig(path=str(path), invalid_rows="drop"), "sft", LOADERS, 0)
-    assert len(rows) == 6 and stats["dropped_invalid"] == 1
+    data = module(DataConfig(path=str(path), invalid_rows="drop", val_fraction=0))
+    assert len(data.train_features) == 6 and data.stats["dropped_invalid"] == 1
 
 
-def test_preference_row_with_identical_answers_is_rejected(tmp_path):
+def test_preference_row_with_identical_answers_is_rejected(tmp_path, module):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": "a"}])
     with pytest.raises(DataError, match="row 2: chosen and rejected are identical"):
-        rows_of(DataConfig(path=str(path)), "preference")
+        module(DataConfig(path=str(path)), "preference")
 
 
-def test_missing_file_is_named(tmp_path):
+def test_missing_file_is_named(tmp_path, module):
     with pytest.raises(DataError, match="nope.jsonl does not exist"):
-        rows_of(DataConfig(path=str(tmp_path / "nope.jsonl")))
+        module(DataConfig(path=str(tmp_path / "nope.jsonl")))
 
 
 @pytest.mark.parametrize("suffix,kind", [(".jsonl", "row"), (".csv", "line")])
@@ -145,24 +161,24 @@ def test_layout_mismatch_names_the_row(tmp_path):
 # --- mixtures and held-out tasks ----------------------------------------------------------------------
 
 
-def test_mixture_weights_and_task_names():
+def test_mixture_weights_and_task_names(module):
     cfg = DataConfig(
         sources={
             "add": SourceConfig(loader="synthetic", task="add", num_rows=300, weight=3.0),
             "upper": SourceConfig(loader="synthetic", task="upper", num_rows=300, weight=1.0),
         },
         mixture_size=400,
+        val_fraction=0,
     )
-    rows = rows_of(cfg)
-    counts = {t: sum(r["task"] == t for r in rows) for t in ("add", "upper")}
-    assert counts == {"add": 300, "upper": 100}
-    assert rows_of(cfg) == rows  # deterministic given the seed
+    data = module(cfg)
+    tasks = tasks_of(data.train_features)
+    assert {t: tasks.count(t) for t in ("add", "upper")} == {"add": 300, "upper": 100}
+    assert list(module(cfg).train_features.indices) == list(data.train_features.indices)  # deterministic given the seed
 
 
-def test_holdout_tasks_go_wholly_to_validation():
-    rows = rows_of(DataConfig(loader="synthetic", num_rows=100))
-    train, val = split_rows(rows, DataConfig(holdout_tasks=["sort"]), seed=0)
-    assert {r["task"] for r in val} == {"sort"} and "sort" not in {r["task"] for r in train}
-    assert len(train) + len(val) == 100
+def test_holdout_tasks_go_wholly_to_validation(module):
+    data = module(DataConfig(loader="synthetic", num_rows=100, holdout_tasks=["sort"]))
+    assert set(tasks_of(data.val_features)) == {"sort"} and "sort" not in tasks_of(data.train_features)
+    assert len(data.train_features) + len(data.val_features) == 100
     with pytest.raises(DataError, match="not in the data"):
-        split_rows(rows, DataConfig(holdout_tasks=["poetry"]), seed=0)
+        module(DataConfig(loader="synthetic", num_rows=100, holdout_tasks=["poetry"]))

@@ -41,14 +41,15 @@ def test_messages_rows_use_all_turns_before_the_answer(tiny_tokenizer):
     assert tiny_tokenizer.decode(scored) == "d<|eos|>"
 
 
-def test_truncation_is_counted_and_prompt_only_rows_dropped(tiny_tokenizer):
+def test_truncation_is_marked_and_prompt_only_rows_give_nothing(tiny_tokenizer):
     enc = Encoder(tiny_tokenizer, max_length=12)
     long_row = {"prompt": "hi", "completion": "word " * 40}
     huge_prompt = {"prompt": "word " * 40, "completion": "x"}
-    features = enc.sft([long_row, huge_prompt])
-    assert len(features) == 1 and len(features[0]["sequences"][0]["input_ids"]) == 12
-    assert (enc.truncation.truncated, enc.truncation.dropped) == (1, 1)
-    assert "1 sequence(s) truncated" in enc.report()
+    short = {"prompt": "hi", "completion": "ok"}
+    features = enc.sft([long_row, short, huge_prompt])
+    cut, whole = (f["sequences"][0] for f in features)
+    assert len(cut["input_ids"]) == 12 and (cut.truncated, whole.truncated) == (True, False)
+    assert cut.row is long_row and whole.row is short  # how the table tells which row a feature came from
 
 
 def test_overflow_error_names_the_row(tiny_tokenizer):

@@ -13,22 +13,29 @@ import torch
 import rlhf_lab.models
 from rlhf_lab.config import DataConfig, LoraConfig, ModelConfig, OptimConfig
 from rlhf_lab.data.collate import Collator, pad_collate, packed_collate
-from rlhf_lab.data.sources import load_rows, row_problem
+from rlhf_lab.data.module import DataModule
+from rlhf_lab.data.sources import row_problem
 from rlhf_lab.data.synthetic import generate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import DataError
 from rlhf_lab.models import ModelFactory
 from rlhf_lab.objectives.dpo import DPO, DPOConfig, reference_cache_path
-from tests.conftest import write_jsonl
+from tests.conftest import feature_set, write_jsonl
 
 LN2 = math.log(2)
 LEARNABLE = ("data.task=polite", "data.num_rows=400", "data.val_fraction=0.1", "trainer.max_steps=24")  # 12 batches an epoch, 2 epochs
 
 
 @pytest.fixture(scope="module")
-def features(tiny_tokenizer):
+def feature_table(tiny_tokenizer):
+    """6 pairs + 3 from the ranking, through the real data path."""
     rows = generate("preference", 6, seed=1) + [{"prompt": "Rank these", "ranked": ["best", "good", "bad"]}]
-    return Encoder(tiny_tokenizer, max_length=64).preference(rows)  # 6 pairs + 3 from the ranking
+    return feature_set(rows, "preference", DPO.encode, Encoder(tiny_tokenizer, max_length=64))
+
+
+@pytest.fixture(scope="module")
+def features(feature_table) -> list[dict]:
+    return feature_table.take(range(len(feature_table)))
 
 
 @pytest.fixture
@@ -45,12 +52,11 @@ def models_built(monkeypatch):
     return built
 
 
-def with_reference(features: list[dict], ref_logps: torch.Tensor) -> list[dict]:
-    """Copies of ``features`` whose sequences carry their precomputed reference log-prob."""
-    return [
-        {"sequences": [{**seq, "ref_logp": ref} for seq, ref in zip(f["sequences"], pair)]}
-        for f, pair in zip(features, ref_logps.tolist())
-    ]
+def with_reference(features, ref_logps: torch.Tensor) -> list[dict]:
+    """The features of a FeatureSet, read after their precomputed reference log-probs are attached."""
+    with_ref = features.subset(range(len(features)))
+    with_ref.attach("ref_logp", ref_logps.numpy())
+    return with_ref.take(range(len(with_ref)))
 
 
 def make_dpo(tokenizer, model_cfg=None, **cfg) -> DPO:
@@ -106,16 +112,16 @@ def test_chosen_and_rejected_share_one_forward_pass(features, tiny_tokenizer):
     assert lengths[:9].tolist() == [sum(t >= 0 for t in f["sequences"][0]["labels"]) for f in features]
 
 
-def test_precomputed_reference_is_cached_and_reloaded(features, tiny_tokenizer, tmp_path, caplog, models_built):
+def test_precomputed_reference_is_cached_and_reloaded(feature_table, features, tiny_tokenizer, tmp_path, caplog, models_built):
     cache = tmp_path / "ref"
     dpo = make_dpo(tiny_tokenizer, ref_cache_dir=str(cache))
     collate = Collator(tiny_tokenizer.pad_token_id, padding_free=False)
     with caplog.at_level(logging.INFO, logger="rlhf_lab.objectives.dpo"):
-        computed = dpo.precompute_reference(features, collate, batch_size=4)
+        computed = dpo.precompute_reference(feature_table, collate, batch_size=4)
         [cached] = cache.iterdir()
         mtime = cached.stat().st_mtime_ns
         other_beta = make_dpo(tiny_tokenizer, ref_cache_dir=str(cache), beta=0.5)
-        loaded = other_beta.precompute_reference(features, collate, batch_size=4)
+        loaded = other_beta.precompute_reference(feature_table, collate, batch_size=4)
     assert computed.shape == (9, 2)
     assert torch.equal(loaded, computed) and cached.stat().st_mtime_ns == mtime
     messages = [r.getMessage() for r in caplog.records if r.name == "rlhf_lab.objectives.dpo"]
@@ -124,23 +130,23 @@ def test_precomputed_reference_is_cached_and_reloaded(features, tiny_tokenizer, 
     # the precomputed values are the live reference's, and give ln 2 at step 0
     batch = pad_collate(features, tiny_tokenizer.pad_token_id)
     torch.testing.assert_close(computed.T.flatten(), dpo.score_reference(batch, dpo.models.reference()), rtol=1e-5, atol=1e-5)
-    assert_step_zero(*dpo.compute_loss(collate(with_reference(features, computed))))
+    assert_step_zero(*dpo.compute_loss(collate(with_reference(feature_table, computed))))
 
 
-def test_cache_key_changes_with_model_and_data(features, tiny_tokenizer, tmp_path):
-    base = reference_cache_path(str(tmp_path), ModelConfig(), features)
-    assert base == reference_cache_path(str(tmp_path), ModelConfig(lora=LoraConfig(r=4)), features)
-    assert base != reference_cache_path(str(tmp_path), ModelConfig(init_seed=1), features)
-    assert base != reference_cache_path(str(tmp_path), ModelConfig(), features[:-1])
+def test_cache_key_changes_with_model_and_data(feature_table, tiny_tokenizer, tmp_path):
+    base = reference_cache_path(str(tmp_path), ModelConfig(), feature_table)
+    assert base == reference_cache_path(str(tmp_path), ModelConfig(lora=LoraConfig(r=4)), feature_table)
+    assert base != reference_cache_path(str(tmp_path), ModelConfig(init_seed=1), feature_table)
+    assert base != reference_cache_path(str(tmp_path), ModelConfig(), feature_table.subset(range(len(feature_table) - 1)))
 
 
 @pytest.mark.parametrize("reference", ["live", "precompute"])
-def test_lora_reference_is_the_base_model_with_adapters_disabled(features, tiny_tokenizer, tmp_path, models_built, reference):
+def test_lora_reference_is_the_base_model_with_adapters_disabled(feature_table, features, tiny_tokenizer, tmp_path, models_built, reference):
     lora = ModelConfig(lora=LoraConfig(r=4))
     dpo = make_dpo(tiny_tokenizer, lora, reference=reference, ref_cache_dir=str(tmp_path))
     collate = Collator(tiny_tokenizer.pad_token_id, padding_free=False)
     if reference == "precompute":
-        features = with_reference(features, dpo.precompute_reference(features, collate, batch_size=4))
+        features = with_reference(feature_table, dpo.precompute_reference(feature_table, collate, batch_size=4))
     loss, metrics = dpo.compute_loss(collate(features))
     assert len(models_built) == 1 and dpo.reference is None  # no second model, ever
     assert_step_zero(loss, metrics)
@@ -210,10 +216,10 @@ BAD_ROWS = [
         (BAD_ROWS[:2] + [{"prompt": "f", "ranked": ["only one"]}], "row 3: field 'ranked' must be a list of at least two"),
     ],
 )
-def test_bad_preference_rows_are_named(tmp_path, rows, message):
+def test_bad_preference_rows_are_named(tmp_path, rows, message, tiny_tokenizer):
     path = write_jsonl(tmp_path / "prefs.jsonl", rows)
     with pytest.raises(DataError, match=re.escape(message)):
-        load_rows(DataConfig(path=str(path)), "preference", {}, seed=0)
+        DataModule(DataConfig(path=str(path)), "preference", DPO.encode, Encoder(tiny_tokenizer, 64), {}, seed=0)
 
 
 @pytest.mark.slow

@@ -10,14 +10,14 @@ import torch
 
 from rlhf_lab.config import DataConfig, ModelConfig, OptimConfig
 from rlhf_lab.data.collate import pad_collate
-from rlhf_lab.data.sources import load_rows
+from rlhf_lab.data.module import DataModule
 from rlhf_lab.data.synthetic import generate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import DataError
 from rlhf_lab.models import ModelFactory
 from rlhf_lab.objectives.kto import KTO, KTOConfig
 from rlhf_lab.objectives.losses import kto, kto_reference_point
-from tests.conftest import write_jsonl
+from tests.conftest import feature_set, write_jsonl
 
 
 def test_kto_loss_by_hand():
@@ -77,8 +77,18 @@ def test_step_zero_loss_is_half_the_weight(rows, tiny_tokenizer):
 
 @pytest.mark.parametrize("label, problem", [("yes", "field 'label' must be true or false, got 'yes'"),
                                             (None, "missing field(s): needs prompt+completion+label")])  # fmt: skip
-def test_unpaired_rows_are_validated_naming_file_and_row(tmp_path, label, problem):
+def test_unpaired_rows_are_validated_naming_file_and_row(tmp_path, tiny_tokenizer, label, problem):
     good = {"prompt": "p", "completion": "c", "label": True}
     path = write_jsonl(tmp_path / "feedback.jsonl", [good, good, {"prompt": "p", "completion": "c", "label": label}])
     with pytest.raises(DataError, match=re.escape(f"{path} row 3: {problem}")):
-        load_rows(DataConfig(path=str(path)), "unpaired", {}, seed=0)
+        DataModule(DataConfig(path=str(path)), "unpaired", KTO.encode, Encoder(tiny_tokenizer, 64), {}, seed=0)
+
+
+def test_a_table_whose_last_batch_would_be_one_row_pairs_it_within_the_batch_before(tiny_tokenizer):
+    """Rows are encoded 1,000 at a time: the 1,001st row alone could have no mismatched partner."""
+    rows = generate("unpaired", 1001, seed=2)
+    features = feature_set(rows, "unpaired", KTO.encode, Encoder(tiny_tokenizer, max_length=64))
+    assert len(features) == 1001
+    last = features[1000]["sequences"]
+    assert last[0]["input_ids"] != last[1]["input_ids"] and features[1000]["row"] == {"label": rows[-1]["label"]}
+    assert [extra["row"]["label"] for extra in features.extras()] == [row["label"] for row in rows]  # what on_fit_start counts

@@ -1,0 +1,105 @@
+"""Streaming: the exact resume of the stream's position (mid-chunk, mid-epoch, across epochs, in a
+shuffled mixture), the ranks' shares of each global batch, and a real run resumed from its checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_lab.config import SourceConfig
+from rlhf_lab.data import stream as stream_module
+from rlhf_lab.data.sources import open_source
+from rlhf_lab.data.stream import FeatureStream, StreamLoader
+from rlhf_lab.data.table import Pipeline
+from rlhf_lab.data.tokenize import Encoder
+from rlhf_lab.errors import DataError
+from rlhf_lab.objectives.sft import SFT
+from tests.conftest import write_jsonl
+from tests.inprocess import QUICK, run_in_process
+
+LISTED = [{"prompt": f"listed {i}", "completion": "x " * (i % 5 + 1)} for i in range(23)]
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(stream_module, "CHUNK_ROWS", 7)  # many chunk boundaries in a few rows
+
+
+@pytest.fixture
+def make(tiny_tokenizer, tmp_path):
+    """``make(batch_size, rank=0, world_size=1) -> StreamLoader`` over a shuffled mixture: a JSONL
+    file (31 rows, read by datasets' streaming reader, 2 of them invalid) and a loader's list
+    (23 rows), weights 2:1."""
+    file_rows = [{"prompt": f"file {i}", "completion": "y " * (i % 3 + 1)} for i in range(31)]
+    file_rows[4] = file_rows[17] = {"prompt": "no answer"}
+    path = write_jsonl(tmp_path / "stream.jsonl", file_rows)
+    encoder = Encoder(tiny_tokenizer, 64)
+    configs = {"file": SourceConfig(path=str(path), weight=2.0), "listed": SourceConfig(loader="listed", weight=1.0)}
+    sources = [open_source(name, src, "sft", {"listed": lambda src, fmt: LISTED}) for name, src in configs.items()]
+    pipelines = [Pipeline(name, src, s.where, "sft", encoder, SFT.encode) for (name, src), s in zip(configs.items(), sources)]
+
+    def _make(batch_size: int, rank: int = 0, world_size: int = 1) -> StreamLoader:
+        collate = lambda features: {"texts": [tiny_tokenizer.decode(f["sequences"][0]["input_ids"]) for f in features]}  # noqa: E731
+        stream = FeatureStream(sources, pipelines, [2.0, 1.0], None, batch_size, collate, seed=3, shuffle=True, buffer=5)
+        stream.rank, stream.world_size = rank, world_size
+        return StreamLoader(stream, num_workers=0)
+
+    return _make
+
+
+def take(loader: StreamLoader, n: int) -> list[list[str]]:
+    """``n`` batches (across epochs), each handed over as the DataModule hands it to training."""
+    batches = []
+    while len(batches) < n:
+        for batch in loader:
+            loader.taken = batch.pop("stream")["position"]
+            batches.append(batch["texts"])
+            if len(batches) == n:
+                break
+    return batches
+
+
+def test_a_resumed_stream_continues_exactly_where_training_stopped(make):
+    whole = take(make(4), 40)  # 52 rows drawn an epoch until the file runs out: more than two epochs
+    assert len({text for batch in whole[:8] for text in batch}) > 20  # a real mix, not one source
+    for stop in (1, 5, 9, 13, 22):
+        first = make(4)
+        done = take(first, stop)
+        resumed = make(4)
+        resumed.load_state_dict(first.state_dict())
+        assert done + take(resumed, 40 - stop) == whole, stop
+    assert whole[: len(whole) // 2] != whole[len(whole) // 2 :]  # epochs are shuffled differently
+
+
+def test_ranks_take_every_other_feature_of_each_global_batch(make):
+    one = take(make(4), 20)
+    ranks = [take(make(2, rank, 2), 20) for rank in (0, 1)]
+    for k in range(20):
+        assert set(ranks[0][k] + ranks[1][k]) == set(one[k])  # an epoch's odd last batch: a rank repeats a row, as RankSampler pads
+        assert len(ranks[0][k]) == len(ranks[1][k]) == -(-len(one[k]) // 2)
+
+
+def test_an_invalid_row_stops_the_stream_naming_it(make, tiny_tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "completion": "b"}] * 9 + [{"prompt": "c", "completion": ""}])
+    src = SourceConfig(path=str(path))
+    source = open_source("data", src, "sft", {})
+    pipeline = Pipeline("data", src, source.where, "sft", Encoder(tiny_tokenizer, 64), SFT.encode, stop_at_invalid=True)
+    stream = FeatureStream([source], [pipeline], [1.0], None, 2, lambda f: {}, seed=0, shuffle=False, buffer=1)
+    with pytest.raises(DataError, match=r"bad.jsonl row 10: field 'completion' is empty"):
+        list(StreamLoader(stream, 0))
+
+
+def test_a_streaming_run_resumed_from_its_checkpoint_matches_the_uninterrupted_run(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"Say {i}.", "completion": f"{i} " * (i % 4 + 1)} for i in range(24)])
+    run = (*QUICK, "data=jsonl", f"data.path={path}", "data.streaming=true", "data.batch_size=4", "trainer.max_steps=8",
+           "data.shuffle_buffer=16", "export=false", "trainer.save_checkpoint=true", "trainer.checkpoint_every_n_steps=4")
+    whole = run_in_process(tmp_path / "whole", *run)
+    part = run_in_process(tmp_path / "part", *run, "trainer.max_steps=4")
+    [ckpt] = [p for p in (tmp_path / "part" / "checkpoints").glob("*.ckpt") if "4" in p.name]
+    state = torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["position"]
+    assert part["global_step"] == 4 and state["epoch"] == 0
+    assert state["rows"][0] + state["used"] == 16  # 4 batches of 4: the chunk that holds the 17th row, and how far into it
+    resumed = run_in_process(tmp_path / "resumed", *run, f"resume={ckpt}", "resume_allow_changes=[trainer.max_steps]")
+    assert resumed["global_step"] == whole["global_step"] == 8  # the second epoch started at step 7
+    assert resumed["train/loss"] == pytest.approx(whole["train/loss"], rel=1e-6)
+    assert resumed["data/rows_read"] == whole["data/rows_read"]
