@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -35,12 +35,6 @@ class Choice(str, Enum):
 
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
-
-
-def choices(name: str, values: Iterable[str], module: str) -> type[Choice]:
-    """A ``Choice`` over the keys of a registry (``choices("KLEstimator", KL_ESTIMATORS, __name__)``):
-    the registry stays the one home of the names."""
-    return Choice(name, [(v, v) for v in values], module=module)
 
 
 class ModelSource(Choice):

@@ -41,7 +41,7 @@ BROKEN = {
     "name_taken": (
         HEADER + "@dataclass\nclass C(ObjectiveConfig):\n    pass\n\n"
         "@hookimpl\ndef rlhf_lab_add_objectives(register):\n    register.add_objective('sft', object, C)\n",
-        "registers objective 'sft', which plugin 'rlhf_lab.objectives.sft' \\(distribution rlhf_lab .*\\) already registered",
+        "registers objective 'sft', which plugin 'rlhf_lab.objectives.builtin' \\(distribution rlhf_lab .*\\) already registered",
     ),
     "unknown_hook": (
         HEADER + "@hookimpl\ndef rlhf_lab_add_objective(register):\n    pass\n",

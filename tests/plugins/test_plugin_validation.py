@@ -81,7 +81,7 @@ def test_a_distribution_name_disables_its_plugins(site, name):
     "name, problem",
     [
         ("acme-brokn", "names 'acme-brokn', which is no installed plugin; it takes an entry-point or distribution name"),
-        ("rlhf_lab.objectives.sft", "names 'rlhf_lab.objectives.sft', which is a built-in plugin, which cannot be disabled"),
+        ("rlhf_lab.objectives.builtin", "names 'rlhf_lab.objectives.builtin', which is a built-in plugin, which cannot be disabled"),
     ],
 )
 def test_disabling_what_is_not_installed_is_an_error_not_ignored(site, name, problem):
