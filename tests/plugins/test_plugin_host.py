@@ -66,6 +66,11 @@ BROKEN = {
         "@hookimpl\ndef rlhf_lab_add_objectives(register):\n    register.add_objective('required', object, C)\n",
         "registers objective 'required' with schema C, whose field 'lam' has no default",
     ),
+    "reference_malformed": (
+        HEADER + "@dataclass\nclass C(ObjectiveConfig):\n    pass\n\n"
+        "@hookimpl\ndef rlhf_lab_add_objectives(register):\n    register.add_objective('dotted', 'acme.systems.Dotted', C)\n",
+        "registers objective 'dotted' as 'acme.systems.Dotted', which is not a \"module:attr\" reference",
+    ),
     "raises_in_hook": (
         HEADER + "@hookimpl\ndef rlhf_lab_add_rewards(register):\n    raise KeyError('api_key')\n",
         "failed in rlhf_lab_add_rewards: KeyError",
