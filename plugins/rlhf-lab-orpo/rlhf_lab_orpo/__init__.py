@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlhf_lab.api import ObjectiveConfig, hookimpl
+from rlhf_lab.api import HOOK_API_VERSION, ObjectiveConfig, hookimpl
+
+if tuple(map(int, HOOK_API_VERSION.split("."))) < (1, 4):
+    raise ImportError(f"rlhf-lab-orpo needs rlhf_lab hook API 1.4 or newer (\"module:attr\" registration), found {HOOK_API_VERSION}")
 
 
 @dataclass

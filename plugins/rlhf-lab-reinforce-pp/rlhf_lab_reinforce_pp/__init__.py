@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 from rlhf_lab.api import HOOK_API_VERSION, OnlineRLConfig, hookimpl
 
-if tuple(map(int, HOOK_API_VERSION.split("."))) < (1, 3):
-    raise ImportError(f"rlhf-lab-reinforce-pp needs rlhf_lab hook API 1.3 or newer (the online-RL base), found {HOOK_API_VERSION}")
+if tuple(map(int, HOOK_API_VERSION.split("."))) < (1, 4):
+    raise ImportError(f"rlhf-lab-reinforce-pp needs rlhf_lab hook API 1.4 or newer (the online-RL base, \"module:attr\" "
+                      f"registration), found {HOOK_API_VERSION}")
 
 
 @dataclass
