@@ -34,8 +34,8 @@ from rlhf_lab.models.reference import Reference
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps, pair_metrics
 from rlhf_lab.objectives.schemas import DPOConfig
-from rlhf_lab.training.checkpoints import remove_stale_tmp, write_atomic
 from rlhf_lab.training.faults import fault_point
+from rlhf_lab.training.files import remove_stale_tmp, write_atomic
 
 log = logging.getLogger(__name__)
 
