@@ -146,6 +146,18 @@ def test_composing_a_config_imports_no_model_code(argv):
     assert res.stdout.splitlines()[-1] == "imported: []", res.stdout.splitlines()[-1]
 
 
+@pytest.mark.slow  # a fresh interpreter
+def test_a_pipelines_own_process_loads_no_training_stack():
+    """A pipeline's process only starts its stages, each a run of its own in a subprocess: what it
+    runs (the composition root up to the pipeline's branch, the run directory's guard, the sweep
+    callback) imports none of MODEL_CODE, which would delay the first stage by seconds (issue 18.4)."""
+    code = ("import sys, rlhf_lab.app, rlhf_lab.training.rundir, rlhf_lab.sweep\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(MODEL_CODE)!r}))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
 def test_multirun_jobs_are_separate_wandb_runs_in_one_group(cli, tmp_path):
     sweep = tmp_path / "sweep"
     res = cli("-m", *QUICK, "trainer.max_steps=3", "optim.lr=1e-3,2e-3", "export=false", "trainer.save_checkpoint=false",
