@@ -30,8 +30,9 @@ from rlhf_lab.data.builtin import load_synthetic
 from rlhf_lab.data.module import DataModule
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.models import TINY_DIR, ModelFactory, load_tokenizer
-from rlhf_lab.objectives.grpo import GRPO, GRPOConfig
-from rlhf_lab.objectives.ppo import PPO, PPOConfig
+from rlhf_lab.objectives.grpo import GRPO
+from rlhf_lab.objectives.ppo import PPO
+from rlhf_lab.objectives.schemas import GRPOConfig, PPOConfig
 from rlhf_lab.rewards import Reward
 
 OBJECTIVES = {"ppo": (PPO, PPOConfig), "grpo": (GRPO, GRPOConfig)}

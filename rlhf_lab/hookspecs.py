@@ -35,7 +35,9 @@ hookspec = pluggy.HookspecMarker("rlhf_lab")
 def rlhf_lab_add_objectives(register: Registry) -> None:
     """Register training objectives with ``register.add_objective(name, system_cls, schema)``.
 
-    ``system_cls`` subclasses ``rlhf_lab.api.Objective`` (a LightningModule); ``schema`` is a
+    ``system_cls`` subclasses ``rlhf_lab.api.Objective`` (a LightningModule), or is a
+    ``"module:attr"`` string naming it, imported when a run uses it (since 1.4: registering stays
+    free of torch and Lightning, and so do ``--help`` and ``--cfg job``); ``schema`` is a
     dataclass extending ``rlhf_lab.api.ObjectiveConfig``. The name becomes the
     Hydra option ``objective=<name>``. Every implementation is called; a name taken twice is an
     error naming both plugins.

@@ -27,19 +27,13 @@ ENTRY_POINT_GROUP = "rlhf_lab"
 DISABLE_ENV = "RLHF_LAB_DISABLE_PLUGINS"
 BUILTIN_PLUGINS = (
     "rlhf_lab.data.builtin",
-    "rlhf_lab.objectives.sft",
-    "rlhf_lab.objectives.rm",
-    "rlhf_lab.objectives.dpo",
-    "rlhf_lab.objectives.kto",
-    "rlhf_lab.objectives.ppo",
-    "rlhf_lab.objectives.grpo",
-    "rlhf_lab.objectives.online_dpo",
-    "rlhf_lab.objectives.rloo",
+    "rlhf_lab.objectives.builtin",
     "rlhf_lab.rewards.builtin",
     "rlhf_lab.prompting.strategies",
     "rlhf_lab.lab.plugin",
 )
 
+REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # "package.module:attr" (an attribute of the module)
 # registry kind -> Hydra config group
 KIND_GROUPS = {"objective": "objective", "reward": "reward", "prompting": "prompting", "dataset": "data"}
 
@@ -67,9 +61,22 @@ class PluginInfo:
 class Entry:
     kind: str
     name: str
-    target: Any  # objective class, reward / prompting factory, dataset loader
+    ref: Any  # objective class, reward / prompting factory, dataset loader; or "module:attr" naming it
     schema: type | None
     plugin: PluginInfo  # the plugin that registered it
+
+    @property
+    def target(self) -> Any:
+        """What ``ref`` is or names: a "module:attr" reference is imported here, when a run first
+        needs it, not while the config is composed; an import that fails names the plugin."""
+        if not isinstance(self.ref, str):
+            return self.ref
+        module, _, attr = self.ref.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except Exception as exc:
+            raise self.plugin.failure(f"registers {self.kind} '{self.name}' as '{self.ref}', which failed to import: "
+                                      f"{type(exc).__name__}: {exc}") from exc
 
     def create(self, *args: Any, **kwargs: Any) -> Any:
         """``target(*args, **kwargs)`` (a factory, loader or class); an exception that is not one of
@@ -90,16 +97,19 @@ class Registry:
         # The plugin whose hook is running: the host sets it before each call, for attribution.
         self.current_plugin = PluginInfo("unattributed", "rlhf_lab", __version__, "built-in")
 
-    def add_objective(self, name: str, system_cls: type, schema: type) -> None:
+    # Each target may be given as a "module:attr" string instead: it is imported when a run needs it,
+    # so that registering (and composing a config) imports none of the target's dependencies.
+
+    def add_objective(self, name: str, system_cls: type | str, schema: type) -> None:
         self._add("objective", name, system_cls, schema)
 
-    def add_reward(self, name: str, factory: Callable, schema: type) -> None:
+    def add_reward(self, name: str, factory: Callable | str, schema: type) -> None:
         self._add("reward", name, factory, schema)
 
-    def add_prompting(self, name: str, factory: Callable, schema: type) -> None:
+    def add_prompting(self, name: str, factory: Callable | str, schema: type) -> None:
         self._add("prompting", name, factory, schema)
 
-    def add_dataset(self, name: str, loader: Callable, schema: type | None = None) -> None:
+    def add_dataset(self, name: str, loader: Callable | str, schema: type | None = None) -> None:
         self._add("dataset", name, loader, schema)
 
     def get(self, kind: str, name: str) -> Entry:
@@ -114,6 +124,8 @@ class Registry:
         taken = self.entries[kind].get(name)
         if taken is not None:
             raise plugin.failure(f"registers {kind} '{name}', which {taken.plugin} already registered")
+        if isinstance(target, str) and not REFERENCE.fullmatch(target):
+            raise plugin.failure(f"registers {kind} '{name}' as '{target}', which is not a \"module:attr\" reference")
         if schema is not None:
             base = GROUP_BASES[KIND_GROUPS[kind]]
             if not (dataclasses.is_dataclass(schema) and isinstance(schema, type) and issubclass(schema, base)):
@@ -311,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {info.name}  [{info.distribution} {info.version}; {info.entry_point}]  {regs}")
     for info in host.disabled:
         print(f"  {info.name}  [{info.distribution} {info.version}; {info.entry_point}]  disabled (not imported)")
+    for entries in host.registry.entries.values():  # a run imports a "module:attr" target only when it uses it: check them all
+        for entry in entries.values():
+            try:
+                entry.target
+            except PluginError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
     return 0
 
 

@@ -39,7 +39,7 @@ from rlhf_lab.rewards.ensemble import EnsembleScore
 from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps
 from rlhf_lab.rollout.generation import Sampling, sample_texts
-from rlhf_lab.training.checkpoints import write_atomic
+from rlhf_lab.training.files import write_atomic
 
 EVAL_SEED = 2024  # every evaluation samples with the same seed, outside the training RNG streams
 

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,7 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
-from rlhf_lab import hookimpl
-from rlhf_lab.config import Choice, ModelConfig, ObjectiveConfig, choices
+from rlhf_lab.config import ModelConfig
 from rlhf_lab.data.table import FeatureSet
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
@@ -37,34 +35,11 @@ from rlhf_lab.models.lm import score_labels
 from rlhf_lab.models.reference import Reference
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps, pair_metrics
-from rlhf_lab.training.checkpoints import remove_stale_tmp, write_atomic
+from rlhf_lab.objectives.schemas import DPOConfig
 from rlhf_lab.training.faults import fault_point
+from rlhf_lab.training.files import remove_stale_tmp, write_atomic
 
 log = logging.getLogger(__name__)
-PreferenceLoss = choices("PreferenceLoss", PREFERENCE_LOSSES, __name__)  # objective.loss of DPO and online DPO
-
-
-class ReferenceMode(Choice):
-    precompute = "precompute"
-    live = "live"
-
-
-@dataclass
-class ReferenceConfig(ObjectiveConfig):
-    """What every objective of a policy against a frozen reference shares (DPO, KTO)."""
-
-    reference: ReferenceMode = ReferenceMode.precompute  # precompute: score the data once before training, cached on disk | live: score every batch
-    ref_cache_dir: str = ""  # where precomputed reference log-probs are kept; "" = $RLHF_LAB_CACHE/ref_logps (default ~/.cache/rlhf_lab)
-    disable_dropout: bool = True  # dropout makes pi and pi_ref disagree on the same weights (as TRL, off by default)
-
-
-@dataclass
-class DPOConfig(ReferenceConfig):
-    beta: float = 0.1  # strength of the pull toward the reference; scales the implicit reward
-    loss: PreferenceLoss = PreferenceLoss.sigmoid  # sigmoid | ipo | cdpo | hinge | simpo (rlhf_lab/objectives/losses.py)
-    label_smoothing: float = 0.1  # cdpo only: eps, the assumed probability that a preference label is flipped
-    gamma: float = 0.5  # simpo only: target margin between length-normalised rewards
-    nll_coef: float = 0.0  # alpha: adds alpha * NLL(chosen) (per token) to every pair's loss, RPO (https://arxiv.org/abs/2404.19733; TRL's rpo_alpha); 0: off
 
 
 def model_fingerprint(cfg: ModelConfig) -> dict:
@@ -201,8 +176,3 @@ class DPO(Objective):
             "logps/chosen": logp_chosen.detach().mean(),
             "logps/rejected": logp_rejected.detach().mean(),
         }
-
-
-@hookimpl
-def rlhf_lab_add_objectives(register):
-    register.add_objective("dpo", DPO, DPOConfig)

@@ -14,21 +14,11 @@ are options of the group base (``rlhf_lab.objectives.online.GroupRL``). With ``e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from rlhf_lab import hookimpl
-from rlhf_lab.objectives.online import GroupConfig, GroupRL, KLEstimator
+from rlhf_lab.objectives.online import GroupRL
 from rlhf_lab.rollout.advantages import group_advantages, masked_mean
 from rlhf_lab.rollout.experience import Rollout
-
-
-@dataclass
-class GRPOConfig(GroupConfig):
-    beta: float = 0.04  # weight of the KL loss term; 0: no reference model
-    kl_estimator: KLEstimator = KLEstimator.k3
-    scale_rewards: bool = True  # divide by the group's std (False: Dr. GRPO, https://arxiv.org/abs/2503.20783)
 
 
 class GRPO(GroupRL):
@@ -44,8 +34,3 @@ class GRPO(GroupRL):
             losses = losses + self.cfg.beta * kl
             metrics["train/kl_loss"] = masked_mean(kl.detach(), minibatch.mask)
         return self.aggregate(losses, minibatch.mask), metrics
-
-
-@hookimpl
-def rlhf_lab_add_objectives(register):
-    register.add_objective("grpo", GRPO, GRPOConfig)

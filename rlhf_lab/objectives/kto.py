@@ -23,25 +23,17 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 
 import torch
 
-from rlhf_lab import hookimpl
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import DataError
-from rlhf_lab.objectives.dpo import DPO, ReferenceConfig
+from rlhf_lab.objectives.dpo import DPO
 from rlhf_lab.objectives.losses import kto, kto_reference_point
+from rlhf_lab.objectives.schemas import KTOConfig
 
 log = logging.getLogger(__name__)
 MISMATCH_SEED = 0  # the fixed order whose neighbours give each row its mismatched completion
-
-
-@dataclass
-class KTOConfig(ReferenceConfig):
-    beta: float = 0.1  # scales the implicit reward r = log pi / pi_ref inside the sigmoid (TRL's default)
-    desirable_weight: float = 1.0  # lambda_D: weight of desirable rows' losses
-    undesirable_weight: float = 1.0  # lambda_U: weight of undesirable rows' losses (the paper: lambda_D n_D / (lambda_U n_U) in [1, 4/3])
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -101,8 +93,3 @@ class KTO(DPO):
             "rewards/undesirable": masked_mean(rewards, u),
             "rewards/margin": masked_mean(rewards, d) - masked_mean(rewards, u),
         }
-
-
-@hookimpl
-def rlhf_lab_add_objectives(register):
-    register.add_objective("kto", KTO, KTOConfig)

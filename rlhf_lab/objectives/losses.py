@@ -5,7 +5,7 @@ one, pi the policy, pi_ref the frozen reference, |y| a completion's length in to
 logistic function. A DPO-family loss takes a ``PreferenceLogps`` and every hyperparameter by
 keyword (each reads the ones it needs) and returns ``(losses, chosen_rewards, rejected_rewards)``,
 each (B,): per-pair losses and the implicit rewards that the objective logs. ``PREFERENCE_LOSSES``
-maps the config name (``objective.loss``) to the function.
+maps each name of ``objective.loss`` (``schemas.PreferenceLoss``) to its function.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from rlhf_lab.objectives.schemas import PreferenceLoss
 
 
 @dataclass
@@ -152,10 +154,10 @@ def kto(logratio: Tensor, desirable: Tensor, z0: Tensor, *, beta: float, desirab
 
 
 PREFERENCE_LOSSES: dict[str, Callable[..., Losses]] = {
-    "sigmoid": dpo_sigmoid,
-    "ipo": ipo,
-    "cdpo": cdpo,
-    "hinge": hinge,
-    "simpo": simpo,
+    PreferenceLoss.sigmoid: dpo_sigmoid,
+    PreferenceLoss.ipo: ipo,
+    PreferenceLoss.cdpo: cdpo,
+    PreferenceLoss.hinge: hinge,
+    PreferenceLoss.simpo: simpo,
 }
-REFERENCE_FREE = frozenset({"simpo"})  # losses that never read pi_ref: no reference is built or scored
+REFERENCE_FREE = frozenset({PreferenceLoss.simpo})  # losses that never read pi_ref: no reference is built or scored

@@ -26,57 +26,26 @@ import time
 import warnings
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import ClassVar, Iterator, Optional
+from typing import ClassVar, Iterator
 
 import torch
 from torch import Tensor
 
-from rlhf_lab.config import Choice, ObjectiveConfig, choices
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import disable_dropout, eval_mode
 from rlhf_lab.models.reference import Reference
 from rlhf_lab.objectives.base import Objective
+from rlhf_lab.objectives.schemas import GroupConfig, OnlineRLConfig
 from rlhf_lab.rollout.advantages import masked_mean, masked_whiten
 from rlhf_lab.rollout.experience import Rollout, completion_logits, completion_values, entropy, token_logps
-from rlhf_lab.rollout.generation import GENERATORS, Completions, Sampling, build_generator
+from rlhf_lab.rollout.generation import Completions, Sampling, build_generator
 from rlhf_lab.rollout.losses import KL_ESTIMATORS, clipped_surrogate, kl_k1, kl_k2
 
 # Lightning warns that manual optimisation checkpoints hold the weights after the step (wanted here)
 # and that frozen modules are in eval mode (the reference and reward model, on purpose).
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-
-KLEstimator = choices("KLEstimator", KL_ESTIMATORS, __name__)
-GeneratorName = choices("GeneratorName", GENERATORS, __name__)
-
-
-class LossAggregation(Choice):
-    token = "token"
-    sequence = "sequence"
-
-
-@dataclass
-class OnlineRLConfig(ObjectiveConfig):
-    max_new_tokens: int = 24  # completion length limit in tokens
-    temperature: float = 1.0  # sampling temperature; log-probabilities are taken at the same temperature
-    top_p: float = 1.0  # nucleus sampling: sample from the smallest token set with this much probability
-    generator: GeneratorName = GeneratorName.hf  # generation backend: hf (the policy itself, KV cache) | vllm (`bash scripts/setup.sh vllm`)
-    vllm_gpu_memory_utilization: float = 0.3  # vllm: share of GPU memory for weights and KV cache (on CPU: of RAM for the KV cache)
-    vllm_max_model_len: Optional[int] = None  # vllm: longest prompt + completion in tokens; None: the model's own limit
-    vllm_kv_cache_gb: Optional[float] = None  # vllm: KV cache size (GiB) instead of the memory share (on CPU the share also counts what training holds)
-    beta: float = 0.05  # KL coefficient (the initial one when PPO's target_kl is set); 0: no reference model at all
-    kl_estimator: KLEstimator = KLEstimator.k1  # per-token KL estimate: k1 | k2 | k3 (rlhf_lab/rollout/losses.py)
-    epochs: int = 4  # passes over each rollout (PPO epochs, GRPO's mu)
-    minibatches: int = 1  # optimiser steps per pass; each takes 1 / minibatches of the rollout's completions
-    clip_low: float = 0.2  # epsilon_low: the policy ratio is clipped below at 1 - epsilon_low
-    clip_high: float = 0.2  # epsilon_high: ... and above at 1 + epsilon_high (DAPO's clip-higher: 0.28)
-    loss_aggregation: LossAggregation = LossAggregation.token  # token: every completion token of the batch weighs the same (DAPO) | sequence: each completion's token mean, then their mean (GRPO's paper)
-    missing_eos_penalty: Optional[float] = None  # subtracted from R(x, y) of a completion cut at max_new_tokens
-    whiten_rewards: bool = False  # whiten R(x, y) over each rollout (mean 0, std 1) before use
-    forward_batch_size: int = 64  # sequences per no-grad forward pass of a rollout (reference, critic)
-    disable_dropout: bool = True  # dropout makes pi_old, pi and pi_ref disagree on the same weights
 
 
 @contextmanager
@@ -343,15 +312,6 @@ class OnlineRL(Objective):
         self.log("val/reward", scores.mean(), batch_size=len(scores), sync_dist=True)
         if gold is not None:
             self.log("val/reward_gold", gold.mean(), batch_size=len(scores), sync_dist=True)
-
-
-@dataclass
-class GroupConfig(OnlineRLConfig):
-    num_generations: int = 4  # k: completions sampled per prompt
-    epochs: int = 1
-    minibatches: int = 1
-    dynamic_sampling: bool = False  # drop groups whose scores are all equal (every advantage 0) and refill from the data (DAPO)
-    max_refills: int = 3  # dynamic sampling: extra batches of prompts drawn per step at most; dropped groups fill any shortfall
 
 
 class GroupRL(OnlineRL):

@@ -22,28 +22,15 @@ Logs what online RL logs (``train/reward``, ``train/kl`` of the samples, ...) an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from rlhf_lab import hookimpl
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import eval_mode
-from rlhf_lab.objectives.dpo import PreferenceLoss
 from rlhf_lab.objectives.losses import PREFERENCE_LOSSES, REFERENCE_FREE, PreferenceLogps, pair_metrics
-from rlhf_lab.objectives.online import OnlineRL, OnlineRLConfig
+from rlhf_lab.objectives.online import OnlineRL
+from rlhf_lab.objectives.schemas import OnlineDPOConfig
 from rlhf_lab.rollout.experience import Rollout
-
-
-@dataclass
-class OnlineDPOConfig(OnlineRLConfig):
-    beta: float = 0.1  # DPO's beta (the KL coefficient of online RL's schema is not used otherwise)
-    loss: PreferenceLoss = PreferenceLoss.sigmoid  # sigmoid | ipo | cdpo | hinge | simpo (rlhf_lab/objectives/losses.py)
-    label_smoothing: float = 0.1  # cdpo only
-    gamma: float = 0.5  # simpo only
-    nll_coef: float = 0.0  # alpha: adds alpha * NLL(y_w) per token to every pair's loss (RPO); 0: off
-    epochs: int = 1  # optimiser steps on each step's pairs
 
 
 def winners_first(scores: Tensor) -> Tensor:
@@ -123,8 +110,3 @@ class OnlineDPO(OnlineRL):
         else:  # every pair a tie: nothing to rank
             rewards = {k: r_chosen.new_zeros(()) for k in ("chosen", "rejected", "accuracy", "margin")}
         return loss, {"train/ties": 1 - decided.mean(), **{f"train/rewards/{k}": v for k, v in rewards.items()}}
-
-
-@hookimpl
-def rlhf_lab_add_objectives(register):
-    register.add_objective("online_dpo", OnlineDPO, OnlineDPOConfig)

@@ -15,26 +15,13 @@ log pi_ref and the critic's V(s_t) per token; then
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
-from rlhf_lab import hookimpl
-from rlhf_lab.objectives.online import OnlineRL, OnlineRLConfig
+from rlhf_lab.objectives.online import OnlineRL
+from rlhf_lab.objectives.schemas import PPOConfig
 from rlhf_lab.rollout.advantages import adaptive_beta, gae, kl_penalised_rewards, masked_whiten
 from rlhf_lab.rollout.experience import Rollout, completion_values
 from rlhf_lab.rollout.losses import clipped_value_loss, kl_k1
-
-
-@dataclass
-class PPOConfig(OnlineRLConfig):
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    vf_coef: float = 0.1  # weight of the value loss
-    value_clip: float = 0.2  # epsilon_v: the value prediction moves at most this far from V_old per rollout
-    target_kl: Optional[float] = None  # adapt beta toward this KL(pi || pi_ref) per completion (nats); None: beta fixed
-    kl_horizon: int = 10000  # the adaptive controller's horizon, in completions
 
 
 class PPO(OnlineRL):
@@ -65,8 +52,3 @@ class PPO(OnlineRL):
         value_loss = self.global_token_mean((value_losses * minibatch.mask).sum(), minibatch.mask.sum())
         loss = self.aggregate(losses, minibatch.mask) + self.cfg.vf_coef * value_loss
         return loss, {**metrics, "train/value_loss": value_loss.detach()}
-
-
-@hookimpl
-def rlhf_lab_add_objectives(register):
-    register.add_objective("ppo", PPO, PPOConfig)

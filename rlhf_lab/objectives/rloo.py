@@ -10,19 +10,11 @@ A sibling of GRPO on the group base (``rlhf_lab.objectives.online.GroupRL``), wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from rlhf_lab import hookimpl
-from rlhf_lab.objectives.online import GroupConfig, GroupRL
+from rlhf_lab.objectives.online import GroupRL
 from rlhf_lab.rollout.advantages import leave_one_out_advantages
 from rlhf_lab.rollout.experience import Rollout
-
-
-@dataclass
-class RLOOConfig(GroupConfig):
-    beta: float = 0.05  # weight of the KL penalty in the sequence reward; 0: no reference model
 
 
 class RLOO(GroupRL):
@@ -36,8 +28,3 @@ class RLOO(GroupRL):
     def loss(self, minibatch: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         losses, metrics = self.policy_losses(minibatch, self.policy_logps(minibatch))
         return self.aggregate(losses, minibatch.mask), metrics
-
-
-@hookimpl
-def rlhf_lab_add_objectives(register):
-    register.add_objective("rloo", RLOO, RLOOConfig)

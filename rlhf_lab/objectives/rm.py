@@ -12,24 +12,14 @@ serves later as PPO's reward model by path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from rlhf_lab import hookimpl
-from rlhf_lab.config import ObjectiveConfig
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.models import disable_dropout
 from rlhf_lab.models.heads import sequence_rewards
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.losses import bradley_terry, pair_metrics
-
-
-@dataclass
-class RMConfig(ObjectiveConfig):
-    margin: float = 0.0  # m: the chosen reward must beat the rejected one by at least this (Llama 2); 0: off
-    center_coef: float = 0.0  # eta: weight of the reward-centering term (r_w + r_l)^2 (Eisenstein et al. 2023); 0: off
-    disable_dropout: bool = True  # chosen and rejected scored under the same weights, not two dropout masks (as TRL)
+from rlhf_lab.objectives.schemas import RMConfig
 
 
 class RewardModel(Objective):
@@ -56,8 +46,3 @@ class RewardModel(Objective):
         losses = bradley_terry(r_chosen, r_rejected, margin=self.cfg.margin, center_coef=self.cfg.center_coef)  # (P,)
         loss = self.global_token_mean(losses.sum(), len(losses))  # the mean over every pair of the global batch
         return loss, pair_metrics(r_chosen, r_rejected)
-
-
-@hookimpl
-def rlhf_lab_add_objectives(register):
-    register.add_objective("rm", RewardModel, RMConfig)

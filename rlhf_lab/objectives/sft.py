@@ -9,20 +9,12 @@ of task sources (``data=mixture``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from rlhf_lab import hookimpl
-from rlhf_lab.config import ObjectiveConfig
 from rlhf_lab.models.lm import score_labels
 from rlhf_lab.objectives.base import Objective
-
-
-@dataclass
-class SFTConfig(ObjectiveConfig):
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
+from rlhf_lab.objectives.schemas import SFTConfig
 
 
 class SFT(Objective):
@@ -38,8 +30,3 @@ class SFT(Objective):
         loss = self.global_token_mean(nll_sum, scored.targets.numel())
         accuracy = (scored.logits.argmax(-1) == scored.targets).float().mean()
         return loss, {"token_accuracy": accuracy}
-
-
-@hookimpl
-def rlhf_lab_add_objectives(register):
-    register.add_objective("sft", SFT, SFTConfig)

@@ -84,7 +84,9 @@ Built in (``strategies.py``): ``zero_shot``, ``few_shot``, ``cot``, ``self_consi
 ``evaluator.py``.
 """
 
-from rlhf_lab.prompting.lm import LM
+import importlib
+from typing import TYPE_CHECKING
+
 from rlhf_lab.prompting.strategies import (
     Answer,
     BestOfN,
@@ -104,7 +106,21 @@ from rlhf_lab.prompting.strategies import (
     ZeroShot,
     ZeroShotConfig,
 )
-from rlhf_lab.prompting.tasks import Doc, Task
+
+if TYPE_CHECKING:
+    from rlhf_lab.prompting.lm import LM
+    from rlhf_lab.prompting.tasks import Doc, Task
+
+# The model handle and the tasks load transformers and datasets: imported when first asked for, so
+# that registering the built-in strategies (and composing a config) does not.
+_LAZY = {"LM": "rlhf_lab.prompting.lm", "Doc": "rlhf_lab.prompting.tasks", "Task": "rlhf_lab.prompting.tasks"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LM",

@@ -19,14 +19,16 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, replace
-from typing import ClassVar, Optional, Union
+from typing import TYPE_CHECKING, ClassVar, Optional, Union
 
 from rlhf_lab import hookimpl
 from rlhf_lab.config import Choice, PromptingConfig
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.prompting.extract import majority
-from rlhf_lab.prompting.lm import LM
-from rlhf_lab.prompting.tasks import Doc, Task
+
+if TYPE_CHECKING:  # the model handle and the tasks load transformers and datasets; a strategy only calls them
+    from rlhf_lab.prompting.lm import LM
+    from rlhf_lab.prompting.tasks import Doc, Task
 
 Prompt = Union[str, list]  # a text, or a chat: a list of {"role", "content"} messages
 Answer = Union[str, list]  # a document's completion text, or its sampled completions (combined by `vote`)

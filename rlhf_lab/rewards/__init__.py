@@ -23,12 +23,17 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_lab.errors import ConfigError, RlhfLabError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the methods that score: the reward schemas of this package register while
+# a config is composed, which must not load it (``python -m rlhf_lab --cfg job`` stays fast).
 
 DEFAULT_REWARD = "verifiable"
 SLOW_S = 1.0  # a scoring call that took longer is logged with its time
@@ -77,6 +82,8 @@ class Reward:
                     f"{what} {self.name} returned {value!r} for completion {i} {completions[i][:60]!r} "
                     f"(prompt {str(prompts[i])[:60]!r}); every score must be a finite number."
                 )
+        import torch
+
         return torch.tensor([float(v) for v in values], dtype=torch.float32)
 
     def _timed(self, fn: Callable, what: str, prompts: list, completions: list[str], columns: dict) -> list:
@@ -90,6 +97,8 @@ class Reward:
         return values
 
     def _within_timeout(self, fn: Callable, what: str, prompts: list, completions: list[str], columns: dict) -> list:
+        import torch
+
         outcome: dict[str, Any] = {}
         grad = torch.is_grad_enabled()  # thread-local: the helper thread scores as the caller would
 
@@ -118,6 +127,8 @@ class Reward:
 
     def _columns(self, fn: Callable, what: str, rows: list[dict]) -> dict[str, list]:
         """The row columns that ``fn`` names after (prompts, completions), or all for ``**columns``."""
+        import torch
+
         target = fn.forward if isinstance(fn, torch.nn.Module) else fn  # a module's __call__ hides its signature
         params = list(inspect.signature(target).parameters.values())[2:]
         available = set(rows[0]) if rows else set()

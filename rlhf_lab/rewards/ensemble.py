@@ -9,16 +9,13 @@ with seeds that differ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional
-
 import torch
 from torch import Tensor
 
-from rlhf_lab.config import RewardConfig, choices
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.rewards.model import ModelRewardConfig, RewardModelScorer
 from rlhf_lab.rewards.python import import_callable
+from rlhf_lab.rewards.schemas import Aggregate, EnsembleRewardConfig
 
 
 def mean_score(scores: Tensor, **_) -> Tensor:
@@ -37,19 +34,7 @@ def uncertainty_weighted(scores: Tensor, *, uwo_coef: float, **_) -> Tensor:
     return scores.mean(0) - uwo_coef * scores.var(0, unbiased=False)
 
 
-AGGREGATES = {"mean": mean_score, "min": worst_case, "uwo": uncertainty_weighted}  # scores (k, N) -> (N,)
-Aggregate = choices("Aggregate", AGGREGATES, __name__)
-
-
-@dataclass
-class EnsembleRewardConfig(RewardConfig):
-    paths: List[str] = field(default_factory=list)  # directories of exported reward models (objective=rm), k >= 2
-    aggregate: Aggregate = Aggregate.mean  # mean | min (WCO) | uwo (mean - uwo_coef * variance)
-    uwo_coef: float = 0.5  # lambda of uwo, in reward units^-1 (the variance is in reward units squared)
-    batch_size: int = 32  # sequences per forward pass of each member
-    max_length: int = 1024  # tokens per prompt + completion; longer completions are cut at the end
-    chat_template: str = "auto"  # auto: encode prompts with each model's chat template when it has one | never
-    gold_fn: Optional[str] = None  # import path of a gold score "module:function" (logged as train/reward_gold)
+AGGREGATES = {Aggregate.mean: mean_score, Aggregate.min: worst_case, Aggregate.uwo: uncertainty_weighted}  # scores (k, N) -> (N,)
 
 
 class EnsembleScore(torch.nn.Module):

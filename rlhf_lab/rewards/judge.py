@@ -14,32 +14,16 @@ the run with an error saying so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional
-
 import torch
-from omegaconf import MISSING
 
-from rlhf_lab.config import ModelConfig, RewardConfig
+from rlhf_lab.config import ModelConfig
 from rlhf_lab.data.collate import pad_collate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import fit_to_context, frozen, load_causal_lm, load_tokenizer
 from rlhf_lab.models.lm import score_labels
 from rlhf_lab.rewards.python import import_callable
-
-TEMPLATE = "Which response to the request is better?\n\nRequest: {prompt}\n\nResponse A: {a}\n\nResponse B: {b}\n\nAnswer A or B."
-
-
-@dataclass
-class JudgeConfig(RewardConfig):
-    path: str = MISSING  # the judge: a causal LM, hub id or directory
-    template: str = TEMPLATE  # the question, with {prompt}, {a} and {b}
-    choices: List[str] = field(default_factory=lambda: ["A", "B"])  # the answers naming the first and the second response
-    both_orders: bool = True  # ask twice, each response shown first once, and average (no position bias)
-    batch_size: int = 16  # questions per forward pass
-    chat_template: str = "auto"  # auto: ask through the judge's chat template when it has one | never
-    gold_fn: Optional[str] = None  # import path of a gold score "module:function" (logged as train/reward_gold)
+from rlhf_lab.rewards.schemas import JudgeConfig
 
 
 class PairwiseJudge(torch.nn.Module):

@@ -8,29 +8,16 @@ with the head read where training read it (``rlhf_lab.models.heads.sequence_rewa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
-from omegaconf import MISSING
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhf_lab.config import RewardConfig
 from rlhf_lab.data.collate import pad_collate
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import frozen, max_positions
 from rlhf_lab.models.heads import sequence_rewards
 from rlhf_lab.rewards.python import import_callable
-
-
-@dataclass
-class ModelRewardConfig(RewardConfig):
-    path: str = MISSING  # directory of an exported reward model (objective=rm writes <run dir>/model)
-    batch_size: int = 32  # sequences per forward pass
-    max_length: int = 1024  # tokens per prompt + completion (at most the model's positions); longer completions are cut at the end
-    chat_template: str = "auto"  # auto: encode prompts with the reward model's chat template when it has one | never
-    gold_fn: Optional[str] = None  # import path of a gold score "module:function" (logged as train/reward_gold)
+from rlhf_lab.rewards.schemas import ModelRewardConfig
 
 
 class RewardModelScorer(torch.nn.Module):

@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import eval_mode, unwrap
+from rlhf_lab.objectives.schemas import GENERATORS
 
 
 @dataclass
@@ -137,9 +138,6 @@ def sample_texts(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, pro
     with eval_mode(model):
         completions = HFGenerator(model, tokenizer).generate(prompts, sampling, [seed + i for i in range(len(prompts))]).ids
     return completions, tokenizer.batch_decode(completions, skip_special_tokens=True)
-
-
-GENERATORS = {"hf": "rlhf_lab.rollout.generation:HFGenerator", "vllm": "rlhf_lab.rollout.vllm:VLLMGenerator"}
 
 
 def build_generator(cfg, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> Generator:

@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from rlhf_lab.objectives.schemas import KLEstimator
+
 
 def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k1 = log pi - log pi_ref: unbiased for KL(pi || pi_ref) on samples of pi, high variance, can
@@ -30,7 +32,7 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.exp(log_ratio) - log_ratio - 1
 
 
-KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {KLEstimator.k1: kl_k1, KLEstimator.k2: kl_k2, KLEstimator.k3: kl_k3}
 
 
 def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:

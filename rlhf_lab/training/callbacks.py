@@ -3,11 +3,9 @@ value of every metric and peak memory."""
 
 from __future__ import annotations
 
-import resource
 import time
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 
 
@@ -64,8 +62,3 @@ def metric_values(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(merged.items()) if "/" in k}
 
 
-def peak_memory() -> dict[str, float]:
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if torch.cuda.is_available():
-        out["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out

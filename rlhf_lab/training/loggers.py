@@ -10,7 +10,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from rlhf_lab.training.checkpoints import write_atomic
+from rlhf_lab.training.files import write_atomic
 
 
 def rows_to_keep(rows: list[dict], csv_rows: int | None, log_step: int | None) -> list[dict]:

@@ -21,8 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 from rlhf_lab.errors import RlhfLabError
-from rlhf_lab.training.checkpoints import remove_stale_tmp
-from rlhf_lab.training.resume import ResumePoint, config_fingerprint
+from rlhf_lab.training.files import remove_stale_tmp
 
 RUN_ARTIFACTS = ("summary.json", "model", "checkpoints", "metrics.csv", "wandb")
 LOCK_FILE = ".rlhf_lab.lock"
@@ -126,6 +125,8 @@ class OutputDirGuard(HydraCallback):
                 with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
                     config.hydra.runtime.output_dir = str(run_dir.absolute())
                 HydraConfig.instance().set_config(config)
+                from rlhf_lab.training.resume import ResumePoint, config_fingerprint  # torch and Lightning: only to resume
+
                 point = ResumePoint.find(config.resume, run_dir, report=False)
                 point.check(config_fingerprint(config), config.get("resume_allow_changes") or [])
             if first:

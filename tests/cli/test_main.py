@@ -2,6 +2,8 @@
 
 import glob
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from rlhf_lab.__main__ import unselected_group_option, with_default_run
 from rlhf_lab.tracking import read_wandb_run
-from tests.conftest import write_jsonl
+from tests.conftest import REPO, write_jsonl
 from tests.inprocess import compose_cli
 
 QUICK = ("trainer.max_steps=12", "data.num_rows=200", "trainer.log_every_n_steps=2")
@@ -121,6 +123,39 @@ def test_help_lists_the_groups_and_their_options(cli):
     help_text = cli("--help").stdout
     for group in ("data:", "model: hf, tiny", "objective:", "optim:", "trainer:", "logger: csv, none, tensorboard, wandb"):
         assert group in help_text, group
+
+
+MODEL_CODE = ("torch", "lightning", "transformers", "datasets", "torchmetrics", "scipy", "matplotlib", "wandb")
+# Runs the real entry point (`python -m rlhf_lab ARGS`) and prints, at exit, which of MODEL_CODE it imported.
+IMPORT_PROBE = (
+    "import atexit, runpy, sys\n"
+    f"atexit.register(lambda: print('imported:', sorted({{m.split('.')[0] for m in sys.modules}} & {set(MODEL_CODE)!r})))\n"
+    "runpy.run_module('rlhf_lab', run_name='__main__', alter_sys=True)\n"
+)
+
+
+@pytest.mark.slow  # a fresh interpreter: this one has imported everything already
+@pytest.mark.parametrize("argv", [["--help"], ["--cfg", "job"], ["objective=dpo", "trainer=fsdp", "--cfg", "job"]])
+def test_composing_a_config_imports_no_model_code(argv):
+    """--help and --cfg job compose from the schemas alone: no built-in (or example) plugin imports
+    torch, Lightning or transformers to register, so the command line answers in well under a second
+    of imports (issue 15.4). A system registered as a class instead of "module:attr", or a schema
+    moved back beside its system, shows up here."""
+    res = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1] == "imported: []", res.stdout.splitlines()[-1]
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_a_pipelines_own_process_loads_no_training_stack():
+    """A pipeline's process only starts its stages, each a run of its own in a subprocess: what it
+    runs (the composition root up to the pipeline's branch, the run directory's guard, the sweep
+    callback) imports none of MODEL_CODE, which would delay the first stage by seconds (issue 18.4)."""
+    code = ("import sys, rlhf_lab.app, rlhf_lab.training.rundir, rlhf_lab.sweep\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(MODEL_CODE)!r}))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
 
 
 def test_multirun_jobs_are_separate_wandb_runs_in_one_group(cli, tmp_path):

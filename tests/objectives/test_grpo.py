@@ -15,8 +15,9 @@ from rlhf_lab.data.builtin import load_synthetic
 from rlhf_lab.data.module import DataModule
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.objectives.grpo import GRPO, GRPOConfig
-from rlhf_lab.objectives.rloo import RLOO, RLOOConfig
+from rlhf_lab.objectives.grpo import GRPO
+from rlhf_lab.objectives.rloo import RLOO
+from rlhf_lab.objectives.schemas import GRPOConfig, RLOOConfig
 from tests.rewards.functions import flat_on_add, length, share_of_a
 from tests.rollout.runs import ENV, LEARN, curve, head, make_system, prompt_rows, tail
 

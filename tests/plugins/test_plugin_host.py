@@ -41,7 +41,7 @@ BROKEN = {
     "name_taken": (
         HEADER + "@dataclass\nclass C(ObjectiveConfig):\n    pass\n\n"
         "@hookimpl\ndef rlhf_lab_add_objectives(register):\n    register.add_objective('sft', object, C)\n",
-        "registers objective 'sft', which plugin 'rlhf_lab.objectives.sft' \\(distribution rlhf_lab .*\\) already registered",
+        "registers objective 'sft', which plugin 'rlhf_lab.objectives.builtin' \\(distribution rlhf_lab .*\\) already registered",
     ),
     "unknown_hook": (
         HEADER + "@hookimpl\ndef rlhf_lab_add_objective(register):\n    pass\n",
@@ -65,6 +65,11 @@ BROKEN = {
         HEADER + "@dataclass(kw_only=True)\nclass C(ObjectiveConfig):\n    lam: float\n\n"
         "@hookimpl\ndef rlhf_lab_add_objectives(register):\n    register.add_objective('required', object, C)\n",
         "registers objective 'required' with schema C, whose field 'lam' has no default",
+    ),
+    "reference_malformed": (
+        HEADER + "@dataclass\nclass C(ObjectiveConfig):\n    pass\n\n"
+        "@hookimpl\ndef rlhf_lab_add_objectives(register):\n    register.add_objective('dotted', 'acme.systems.Dotted', C)\n",
+        "registers objective 'dotted' as 'acme.systems.Dotted', which is not a \"module:attr\" reference",
     ),
     "raises_in_hook": (
         HEADER + "@hookimpl\ndef rlhf_lab_add_rewards(register):\n    raise KeyError('api_key')\n",

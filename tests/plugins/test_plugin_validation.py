@@ -81,7 +81,7 @@ def test_a_distribution_name_disables_its_plugins(site, name):
     "name, problem",
     [
         ("acme-brokn", "names 'acme-brokn', which is no installed plugin; it takes an entry-point or distribution name"),
-        ("rlhf_lab.objectives.sft", "names 'rlhf_lab.objectives.sft', which is a built-in plugin, which cannot be disabled"),
+        ("rlhf_lab.objectives.builtin", "names 'rlhf_lab.objectives.builtin', which is a built-in plugin, which cannot be disabled"),
     ],
 )
 def test_disabling_what_is_not_installed_is_an_error_not_ignored(site, name, problem):
@@ -95,6 +95,33 @@ def test_the_listing_shows_disabled_plugins(site, capsys):
     module = site.add("acme-broken", BROKEN, version="2.3.4")
     assert main(["plugins.disable=[acme-broken]"]) == 0
     assert f"  {module}  [acme-broken 2.3.4; {module} = {module}]  disabled (not imported)" in capsys.readouterr().out.splitlines()
+
+
+LAZY = '''
+from dataclasses import dataclass
+from rlhf_lab.api import ObjectiveConfig, hookimpl
+
+@dataclass
+class LazyConfig(ObjectiveConfig):
+    pass
+
+@hookimpl
+def rlhf_lab_add_objectives(register):
+    register.add_objective("lazy", "acme_lazy_systems:Lazy", LazyConfig)
+'''
+
+
+def test_a_reference_that_fails_to_import_is_named_when_a_run_needs_it_and_by_the_listing(site, capsys):
+    """A "module:attr" target is imported only when used: registering (and composing) succeeds, and
+    the run that builds it, or ``python -m rlhf_lab.plugins``, names the plugin and the import error."""
+    module = site.add("acme-lazy", LAZY, version="1.0.0")
+    entry = load_plugins().registry.get("objective", "lazy")
+    problem = (rf"plugin '{module}' \(distribution acme-lazy 1.0.0\) registers objective 'lazy' as 'acme_lazy_systems:Lazy', "
+               r"which failed to import: ModuleNotFoundError: No module named 'acme_lazy_systems'")
+    with pytest.raises(PluginError, match=problem):
+        entry.target
+    assert main([]) == 1
+    assert "registers objective 'lazy' as 'acme_lazy_systems:Lazy', which failed to import" in capsys.readouterr().err
 
 
 def test_the_embedded_data_is_listed_as_the_loader_it_is(site, capsys):

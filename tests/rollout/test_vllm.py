@@ -18,7 +18,8 @@ pytestmark = pytest.mark.vllm
 
 from rlhf_lab.config import LoraConfig, ModelConfig, OptimConfig  # noqa: E402
 from rlhf_lab.models import ModelFactory  # noqa: E402
-from rlhf_lab.objectives.grpo import GRPO, GRPOConfig  # noqa: E402
+from rlhf_lab.objectives.grpo import GRPO  # noqa: E402
+from rlhf_lab.objectives.schemas import GRPOConfig  # noqa: E402
 from rlhf_lab.rewards import Reward  # noqa: E402
 from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps  # noqa: E402
 from tests.rewards.functions import share_of_a  # noqa: E402

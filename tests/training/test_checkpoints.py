@@ -16,14 +16,8 @@ import pytest
 import torch
 
 from rlhf_lab.errors import ConfigError, StorageFull
-from rlhf_lab.training.checkpoints import (
-    AtomicCheckpointIO,
-    CorruptCheckpoint,
-    newest_intact_checkpoint,
-    read_checkpoint,
-    remove_stale_tmp,
-    write_atomic,
-)
+from rlhf_lab.training.checkpoints import AtomicCheckpointIO, CorruptCheckpoint, newest_intact_checkpoint, read_checkpoint
+from rlhf_lab.training.files import remove_stale_tmp, write_atomic
 from rlhf_lab.training.resume import ResumePoint
 
 PACKAGE = Path(__file__).resolve().parents[2] / "rlhf_lab"
@@ -98,7 +92,7 @@ def test_a_file_size_limit_fails_the_write_cleanly(tmp_path):
     """The RLIMIT_FSIZE variant of a full disk (EFBIG), in a child process."""
     target = tmp_path / "big.ckpt"
     code = (
-        "import torch; from rlhf_lab.training.checkpoints import write_atomic\n"
+        "import torch; from rlhf_lab.training.files import write_atomic\n"
         f"write_atomic(__import__('pathlib').Path({str(target)!r}), lambda f: torch.save(torch.zeros(10**6), f))"
     )
 

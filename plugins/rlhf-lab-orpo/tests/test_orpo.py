@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from rlhf_lab_orpo import log_odds, orpo_loss
+from rlhf_lab_orpo.objective import log_odds, orpo_loss
 
 
 def test_log_odds_of_a_half_is_zero():

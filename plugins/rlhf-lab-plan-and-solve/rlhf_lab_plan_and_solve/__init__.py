@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rlhf_lab.api import LM, Answer, ConfigError, Doc, PromptingConfig, Strategy, Task, hookimpl
+from rlhf_lab.api import Answer, ConfigError, PromptingConfig, Strategy, hookimpl
+
+if TYPE_CHECKING:  # the model handle and tasks load transformers: names for annotations only, so registering stays light
+    from rlhf_lab.api import LM, Doc, Task
 
 # variant -> (the planning instruction, the solving instruction): the paper's trigger, in two halves
 TRIGGERS = {

@@ -10,19 +10,20 @@ advantages are normalised over the whole batch rather than per prompt, written o
 One completion per prompt. The KL penalty is in the reward, token by token (as PPO's), not a loss
 term (as GRPO's); the global normalisation replaces both the critic (PPO) and the group baseline
 (GRPO, RLOO), which the paper finds overfits easy prompts.
+
+This module registers the plugin with a light import (the schema, and a "module:attr" reference to
+the system in ``objective.py``, which loads torch and Lightning when a run uses it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
+from rlhf_lab.api import HOOK_API_VERSION, OnlineRLConfig, hookimpl
 
-from rlhf_lab.api import HOOK_API_VERSION, OnlineRL, OnlineRLConfig, Rollout, hookimpl, kl_penalised_rewards, masked_whiten
-
-if tuple(map(int, HOOK_API_VERSION.split("."))) < (1, 3):
-    raise ImportError(f"rlhf-lab-reinforce-pp needs rlhf_lab hook API 1.3 or newer (the online-RL base), found {HOOK_API_VERSION}")
+if tuple(map(int, HOOK_API_VERSION.split("."))) < (1, 4):
+    raise ImportError(f"rlhf-lab-reinforce-pp needs rlhf_lab hook API 1.4 or newer (the online-RL base, \"module:attr\" "
+                      f"registration), found {HOOK_API_VERSION}")
 
 
 @dataclass
@@ -32,28 +33,6 @@ class ReinforcePPConfig(OnlineRLConfig):
     epochs: int = 1  # passes over each rollout
 
 
-def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
-    """(N, C) G_t = r_t + gamma * G_{t+1}, from the last token back; 0 on padding."""
-    returns = torch.zeros_like(rewards)
-    following = torch.zeros_like(rewards[:, 0])  # (N,) G_{t+1}
-    for t in reversed(range(rewards.shape[1])):
-        following = rewards[:, t] * mask[:, t] + gamma * following
-        returns[:, t] = following
-    return returns * mask
-
-
-class ReinforcePP(OnlineRL):
-    def estimate_advantages(self, rollout: Rollout, metrics: dict) -> None:
-        kl = self.kl(rollout.logps, rollout.ref_logps) if self.uses_reference else torch.zeros_like(rollout.mask)  # (N, C)
-        rewards = kl_penalised_rewards(rollout.scores, kl, rollout.mask, self.cfg.beta)  # (N, C)
-        returns = discounted_returns(rewards, rollout.mask, self.cfg.gamma)  # (N, C)
-        rollout.advantages = masked_whiten(returns, rollout.mask, mean=self.global_masked_mean)  # over every process's tokens
-
-    def loss(self, minibatch: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        losses, metrics = self.policy_losses(minibatch, self.policy_logps(minibatch))  # (n, C)
-        return self.aggregate(losses, minibatch.mask), metrics
-
-
 @hookimpl
 def rlhf_lab_add_objectives(register):
-    register.add_objective("reinforce_pp", ReinforcePP, ReinforcePPConfig)
+    register.add_objective("reinforce_pp", "rlhf_lab_reinforce_pp.objective:ReinforcePP", ReinforcePPConfig)

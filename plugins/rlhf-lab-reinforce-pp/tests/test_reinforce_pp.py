@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf_lab.api import kl_penalised_rewards, masked_whiten
-from rlhf_lab_reinforce_pp import discounted_returns
+from rlhf_lab_reinforce_pp.objective import discounted_returns
 
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the second completion has 2 tokens, then padding
 
