@@ -311,10 +311,11 @@ class StageConfig:
 
 @dataclass
 class PipelineConfig:
-    """``pipeline=<name>`` (conf/pipeline/): stages run in order, each in a subprocess (rlhf_lab/lab/pipeline.py)."""
+    """``pipeline=<name>`` (conf/pipeline/): stages run in order (``jobs`` at a time), each in a subprocess (rlhf_lab/lab/pipeline.py)."""
 
     name: str = MISSING
     stages: Dict[str, StageConfig] = field(default_factory=dict)  # in order; the last one trains `objective`
+    jobs: int = 1  # stages run at a time, each once the stages it reads are done; >1: each gets cpu_count // jobs torch threads
 
 
 @dataclass
@@ -416,6 +417,8 @@ def validate(cfg: DictConfig) -> None:
     _require(o.grad_clip is None or (_finite(o.grad_clip) and o.grad_clip > 0), "optim.grad_clip", o.grad_clip,
              "must be a positive finite number, or null for no clipping")
     _require(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
+    if cfg.pipeline is not None:
+        _require(cfg.pipeline.jobs >= 1, "pipeline.jobs", cfg.pipeline.jobs, "must be at least 1")
     timeout = cfg.reward.get("timeout_s") if cfg.reward is not None else None
     _require(timeout is None or timeout > 0, "reward.timeout_s", timeout, "must be positive, or null")
     for prefix, src in ({f"data.sources.{n}": s for n, s in d.sources.items()} or {"data": d}).items():

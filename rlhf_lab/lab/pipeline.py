@@ -2,6 +2,12 @@
 ``python -m rlhf_lab`` in a subprocess, in ``<pipeline dir>/<stage>/``, so DDP, failures and
 ``resume=auto`` work as in any run.
 
+``pipeline.jobs`` stages run at a time: a stage starts once the stages it reads (its ``init`` and
+every ``{stage}`` in its overrides) are done, in the order listed; with more than one job, each
+stage's torch gets ``cpu_count // jobs`` threads (``OMP_NUM_THREADS``, unless already set), so
+concurrent stages share the cores instead of oversubscribing them. Their output interleaves on the
+terminal; each stage's own log is ``<stage>/rlhf_lab.log``.
+
 A stage with a ``summary.json`` is done and skipped: a re-run of the pipeline (``resume=auto
 hydra.run.dir=<pipeline dir>``) continues from the first unfinished stage, which itself continues
 from its newest checkpoint. A failed stage stops the pipeline. A stage's command line is
@@ -17,8 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import time
+from string import Formatter
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -45,29 +54,62 @@ def stage_command(cfg: DictConfig, run_dir: Path, name: str, group: str, cli_ove
     return [sys.executable, "-m", "rlhf_lab", *own, *passed, *start, *seed, f"experiment={group}", "resume=auto", f"hydra.run.dir={dirs[name]}"]
 
 
+def reads(cfg: DictConfig, name: str) -> set[str]:
+    """The stages whose outputs stage ``name`` reads: its ``init`` and every "{stage}" in its overrides."""
+    stage = cfg.pipeline.stages[name]
+    fields = {field for o in stage.overrides for _, field, _, _ in Formatter().parse(o) if field}
+    return fields | ({stage.init} if stage.init else set())
+
+
+def stage_env(jobs: int) -> dict | None:
+    """One job per core share: ``jobs`` concurrent stages, each with cpu_count // jobs torch threads."""
+    if jobs == 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+
+
 def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run the stages not yet done, in order; returns the pipeline's summary."""
+    """Run the stages not yet done, ``pipeline.jobs`` at a time, each once the stages it reads are
+    done; returns the pipeline's summary."""
     hydra_cfg = HydraConfig.get()
     keys = [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
     # Every stage is resumed by the pipeline; an allowed change (resume_allow_changes) reaches them all.
     cli_overrides = [o for o, key in zip(hydra_cfg.overrides.task, keys) if not (key.startswith("pipeline") or key == "resume")]
     group = f"{cfg.experiment}:{run_dir.as_posix().strip('/').replace('/', '_')}"
     summary: dict = {"pipeline": cfg.pipeline.name, "stages": list(cfg.pipeline.stages), "wandb_group": group}
-    for name, stage in cfg.pipeline.stages.items():
-        stage_dir = run_dir / name
-        if not (stage_dir / "summary.json").exists():
-            if stage.init and not (run_dir / stage.init / "model").is_dir():
-                raise StageFailed(f"stage '{name}' starts from stage '{stage.init}', which exported no model in {run_dir / stage.init}.")
+    done = {name for name in cfg.pipeline.stages if (run_dir / name / "summary.json").exists()}
+    for name in done:
+        log.info("pipeline %s: stage %s already done, skipped", cfg.pipeline.name, name)
+    pending = [name for name in cfg.pipeline.stages if name not in done]
+    jobs, env = cfg.pipeline.jobs, stage_env(cfg.pipeline.jobs)
+    running: dict[str, subprocess.Popen] = {}
+    failed: list[str] = []
+    while pending or running:
+        ready = [name for name in pending if reads(cfg, name) <= done] if not failed else []
+        for name in ready[: jobs - len(running)]:
+            init = cfg.pipeline.stages[name].init
+            if init and not (run_dir / init / "model").is_dir():
+                raise StageFailed(f"stage '{name}' starts from stage '{init}', which exported no model in {run_dir / init}.")
             command = stage_command(cfg, run_dir, name, group, cli_overrides)
             log.info("pipeline %s: stage %s: %s", cfg.pipeline.name, name, " ".join(command[1:]))
-            if subprocess.run(command).returncode != 0:
-                raise StageFailed(
-                    f"pipeline {cfg.pipeline.name}: stage '{name}' failed (output above; its run dir: {stage_dir}). "
-                    f"Continue from it with: python -m rlhf_lab <same overrides> resume=auto hydra.run.dir={run_dir}"
-                )
-        else:
-            log.info("pipeline %s: stage %s already done, skipped", cfg.pipeline.name, name)
-        stage_summary = json.loads((stage_dir / "summary.json").read_text())
+            running[name] = subprocess.Popen(command, env=env)
+            pending.remove(name)
+        if not running:
+            if failed:
+                break
+            raise StageFailed(f"pipeline {cfg.pipeline.name}: stages {pending} read stages that never run: {sorted(set().union(*(reads(cfg, n) for n in pending)) - done)}.")
+        finished = [name for name, process in running.items() if process.poll() is not None]
+        for name in finished:
+            (done.add if running.pop(name).returncode == 0 else failed.append)(name)
+        if not finished:
+            time.sleep(0.2)
+    if failed:
+        raise StageFailed(
+            f"pipeline {cfg.pipeline.name}: stage '{failed[0]}' failed (output above; its run dir: {run_dir / failed[0]}). "
+            f"Continue from it with: python -m rlhf_lab <same overrides> resume=auto hydra.run.dir={run_dir}"
+        )
+    for name in cfg.pipeline.stages:
+        stage_summary = json.loads((run_dir / name / "summary.json").read_text())
         summary.update({f"{name}/{k}": v for k, v in stage_summary.items() if k.startswith("world")})
     print(describe(summary))
     return summary
