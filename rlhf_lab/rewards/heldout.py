@@ -44,9 +44,11 @@ class HeldOutRewardStop(L.Callback):
         self.best, self.bad = state["best"], state["bad"]
 
     def on_train_start(self, trainer, pl_module) -> None:
-        prompts = [row["prompt"] for row in trainer.datamodule.val_rows]
+        val = trainer.datamodule.val_features  # None for a stream
+        prompts = [extra["row"]["prompt"] for extra in val.extras()] if val is not None else []
         if not prompts:
-            raise ConfigError("HeldOutRewardStop scores the policy on validation prompts: set data.val_fraction > 0 or data.val_path.")
+            raise ConfigError("HeldOutRewardStop scores the policy on validation prompts: set data.val_fraction > 0 or data.val_path "
+                              "(with data.streaming=false).")
         self.prompt_ids = Encoder(pl_module.tokenizer, trainer.datamodule.cfg.max_length).prompt_ids(prompts)
         self.prompts = prompts
         self.scorer = RewardModelScorer(ModelRewardConfig(path=self.path)).to(pl_module.device)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 RUN = ("trainer.max_steps=20", "data.num_rows=200", "logger=csv", "trainer.checkpoint_every_n_steps=6",
        "trainer.val_check_interval=4", "trainer.log_every_n_steps=1")  # fmt: skip
 DPO = ("objective=dpo", "optim.lr=3e-3")
-TIMINGS = ("wall_s", "cpu_s", "peak_rss_mb", "train_samples_per_s", "train_tokens_per_s", "train_time_s", "model_dir")
+TIMINGS = ("wall_s", "cpu_s", "peak_rss_mb", "train_samples_per_s", "train_tokens_per_s", "train_time_s", "model_dir", "data/prepare_s")
 
 
 @pytest.fixture(scope="module")
