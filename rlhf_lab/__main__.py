@@ -11,9 +11,11 @@ objective=sft`` is the single SFT job on the embedded data, ``objective=dpo trai
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -24,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rlhf_lab.errors import Preempted, RlhfLabError
+from rlhf_lab.lab.pipeline import STANDBY_ENV, wait_for_turn
 from rlhf_lab.plugins import DISABLE_ENV, KIND_GROUPS, PluginHost, disabled_from_argv, load_plugins
 
 _PKG = Path(__file__).resolve().parent
@@ -166,6 +169,8 @@ def report(exc: RlhfLabError, where: str = "") -> None:
 
 
 def main() -> None:
+    if os.environ.pop(STANDBY_ENV, None):  # a pipeline's stage, started ahead of its turn
+        wait_for_turn()
     started = time.perf_counter()
     if len(with_default_run(sys.argv[1:])) >= len(sys.argv):
         sys.argv.append(DEFAULT_RUN)
@@ -214,5 +219,26 @@ def main() -> None:
     task()
 
 
+def command() -> None:
+    """``main()`` as a process (``python -m rlhf_lab``, the ``rlhf-lab`` script). Once it is over, the
+    exit handlers run (W&B's, logging's, plugins') and the process ends without tearing down its
+    modules: with torch, transformers and Lightning loaded that takes ~1.4 s of CPU, paid by every run
+    and every pipeline stage, and does nothing a finished run needs. It ends as usual after any other
+    exception than ``SystemExit``, or while a thread that is not a daemon still runs."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        if not isinstance(exc.code, (int, type(None))):  # sys.exit("message"): Python prints it
+            raise
+        code = exc.code or 0
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # what the interpreter runs at exit, before its teardown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    command()

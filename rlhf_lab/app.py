@@ -67,6 +67,22 @@ def run(cfg: DictConfig, host: PluginHost, started: float | None = None) -> dict
     return train(cfg, host, run_dir, started, fingerprint)
 
 
+# The modules a training run imports before its first step (train() below, the objectives, the
+# default model's code, W&B): a pipeline's stage started ahead of its turn imports them while the
+# stages before it run (rlhf_lab.lab.pipeline.wait_for_turn).
+TRAINING_STACK = (
+    "lightning", "wandb", "transformers.models.llama.modeling_llama", "rlhf_lab.data.module", "rlhf_lab.models",
+    "rlhf_lab.prompting.evaluator", "rlhf_lab.rewards", "rlhf_lab.tracking", "rlhf_lab.training.trainer",
+    "rlhf_lab.training.resume", "rlhf_lab.objectives.sft", "rlhf_lab.objectives.rm", "rlhf_lab.objectives.dpo",
+    "rlhf_lab.objectives.ppo", "rlhf_lab.lab.evaluation",
+)  # fmt: skip
+
+
+def preload() -> None:
+    for module in TRAINING_STACK:
+        importlib.import_module(module)
+
+
 def train(cfg: DictConfig, host: PluginHost, run_dir: Path, started: float, fingerprint: dict) -> dict:
     from hydra.utils import instantiate
     from lightning.pytorch.utilities.exceptions import SIGTERMException

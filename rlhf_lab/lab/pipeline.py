@@ -8,6 +8,12 @@ stage's torch gets ``cpu_count // jobs`` threads (``OMP_NUM_THREADS``, unless al
 concurrent stages share the cores instead of oversubscribing them. Their output interleaves on the
 terminal; each stage's own log is ``<stage>/rlhf_lab.log``.
 
+Each stage's interpreter imports the training stack (~5-10 s of CPU) before it can start, so the
+next stage to run is started ahead of its turn ("on standby", ``RLHF_LAB_STANDBY``): it imports the
+modules a training run needs while the stages before it run, then waits for a line on its stdin,
+"go" to start or end-of-file to exit without running. It is otherwise the same process, with the
+same command line, as a stage started when its turn comes.
+
 A stage with a ``summary.json`` is done and skipped: a re-run of the pipeline (``resume=auto
 hydra.run.dir=<pipeline dir>``) continues from the first unfinished stage, which itself continues
 from its newest checkpoint. A failed stage stops the pipeline. A stage's command line is
@@ -36,6 +42,9 @@ from omegaconf import DictConfig
 from rlhf_lab.errors import RlhfLabError
 
 log = logging.getLogger(__name__)
+
+
+STANDBY_ENV = "RLHF_LAB_STANDBY"
 
 
 class StageFailed(RlhfLabError):
@@ -68,6 +77,36 @@ def stage_env(jobs: int) -> dict | None:
     return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
 
 
+def wait_for_turn() -> None:
+    """In a stage started on standby: import the training stack, then wait for the pipeline to say
+    "go"; exit quietly if it closes the pipe instead (an earlier stage failed, or it was stopped)."""
+    from rlhf_lab.app import preload
+
+    preload()
+    try:
+        turn = sys.stdin.readline()
+    except KeyboardInterrupt:
+        turn = ""
+    if turn.strip() != "go":
+        sys.exit(0)
+    sys.stdin = open(os.devnull)
+
+
+def start(command: list[str], env: dict | None, standby: bool) -> subprocess.Popen:
+    if not standby:
+        return subprocess.Popen(command, env=env)
+    return subprocess.Popen(command, env={**(env or os.environ), STANDBY_ENV: "1"}, stdin=subprocess.PIPE, text=True)
+
+
+def go(process: subprocess.Popen) -> None:
+    """Tell a stage on standby that its turn has come."""
+    try:
+        process.stdin.write("go\n")
+        process.stdin.close()
+    except BrokenPipeError:  # it died while waiting: its exit code says so
+        pass
+
+
 def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the stages not yet done, ``pipeline.jobs`` at a time, each once the stages it reads are
     done; returns the pipeline's summary."""
@@ -83,26 +122,39 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     pending = [name for name in cfg.pipeline.stages if name not in done]
     jobs, env = cfg.pipeline.jobs, stage_env(cfg.pipeline.jobs)
     running: dict[str, subprocess.Popen] = {}
+    standby: dict[str, subprocess.Popen] = {}  # started ahead of their turn, importing or waiting
     failed: list[str] = []
-    while pending or running:
-        ready = [name for name in pending if reads(cfg, name) <= done] if not failed else []
-        for name in ready[: jobs - len(running)]:
-            init = cfg.pipeline.stages[name].init
-            if init and not (run_dir / init / "model").is_dir():
-                raise StageFailed(f"stage '{name}' starts from stage '{init}', which exported no model in {run_dir / init}.")
-            command = stage_command(cfg, run_dir, name, group, cli_overrides)
-            log.info("pipeline %s: stage %s: %s", cfg.pipeline.name, name, " ".join(command[1:]))
-            running[name] = subprocess.Popen(command, env=env)
-            pending.remove(name)
-        if not running:
-            if failed:
-                break
-            raise StageFailed(f"pipeline {cfg.pipeline.name}: stages {pending} read stages that never run: {sorted(set().union(*(reads(cfg, n) for n in pending)) - done)}.")
-        finished = [name for name, process in running.items() if process.poll() is not None]
-        for name in finished:
-            (done.add if running.pop(name).returncode == 0 else failed.append)(name)
-        if not finished:
-            time.sleep(0.2)
+    try:
+        while pending or running:
+            ready = [name for name in pending if reads(cfg, name) <= done] if not failed else []
+            for name in ready[: jobs - len(running)]:
+                init = cfg.pipeline.stages[name].init
+                if init and not (run_dir / init / "model").is_dir():
+                    raise StageFailed(f"stage '{name}' starts from stage '{init}', which exported no model in {run_dir / init}.")
+                command = stage_command(cfg, run_dir, name, group, cli_overrides)
+                log.info("pipeline %s: stage %s: %s", cfg.pipeline.name, name, " ".join(command[1:]))
+                if name in standby:
+                    running[name] = standby.pop(name)
+                    go(running[name])
+                else:
+                    running[name] = start(command, env, standby=False)
+                pending.remove(name)
+            if not running:
+                if failed:
+                    break
+                raise StageFailed(f"pipeline {cfg.pipeline.name}: stages {pending} read stages that never run: {sorted(set().union(*(reads(cfg, n) for n in pending)) - done)}.")
+            for name in [n for n in pending if n not in standby][: jobs - len(standby)] if not failed else []:
+                standby[name] = start(stage_command(cfg, run_dir, name, group, cli_overrides), env, standby=True)
+            finished = [name for name, process in running.items() if process.poll() is not None]
+            for name in finished:
+                (done.add if running.pop(name).returncode == 0 else failed.append)(name)
+            if not finished:
+                time.sleep(0.2)
+    finally:
+        for process in standby.values():  # end-of-file: they exit without running
+            process.stdin.close()
+        for process in standby.values():
+            process.wait()
     if failed:
         raise StageFailed(
             f"pipeline {cfg.pipeline.name}: stage '{failed[0]}' failed (output above; its run dir: {run_dir / failed[0]}). "

@@ -3,9 +3,12 @@ and at tiny sizes, a failing stage stops the pipeline and a re-run resumes from 
 
 import json
 import math
+import os
 
 import pytest
 from omegaconf import OmegaConf
+
+from rlhf_lab.training.faults import FAULT_ENV
 
 pytestmark = pytest.mark.slow
 TINY = ["trainer.max_steps=2", "data.num_rows=64", "data.eval_prompts=8", "data.eval_pairs=16", "logger=csv"]
@@ -32,6 +35,14 @@ def test_failed_stage_stops_and_rerun_resumes_from_it(cli, tmp_path):
     assert stage_config(run, "dpo").model.name_or_path == str(run / "sft" / "model")
     assert json.loads((run / "dpo" / "summary.json").read_text())["objective"] == "dpo"
     assert "dpo/world/win_rate" in resumed.summary
+
+
+def test_a_stage_started_on_standby_does_not_run_when_the_stage_before_it_fails(cli):
+    # The dpo stage is started (on standby) while sft runs; sft is killed after exporting its model.
+    failed = cli("pipeline=dpo", *TINY, env={**os.environ, FAULT_ENV: "after_export"}, timeout=300)
+    assert failed.returncode != 0 and "stage 'sft' failed" in failed.stderr
+    assert (failed.run_dir / "sft" / "model").is_dir()
+    assert not (failed.run_dir / "dpo").exists()  # told nothing but end-of-file, it exited before composing a run
 
 
 def test_no_arguments_run_the_default_rlhf_pipeline_and_meet_the_acceptance_figures(cli):
