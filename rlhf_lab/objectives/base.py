@@ -50,7 +50,10 @@ def fusable(param: torch.Tensor) -> bool:
 
 class Objective(L.LightningModule):
     data_format: ClassVar[str] = "sft"  # rows read: sft | preference | prompt | unpaired
-    reads_token_batches: ClassVar[bool] = True  # its models run on the collated batches (data.padding_free applies)
+    # Whether its models read padding-free rows, as the run decided when it started (``data.padding_free``,
+    # ``packing_blocker``): the DataModule then packs the collated batches, and a system that batches
+    # sequences itself (online RL's rollouts) packs those.
+    padding_free: bool = False
 
     def __init__(self, cfg: ObjectiveConfig, *, models: ModelFactory, tokenizer: PreTrainedTokenizerBase, optim: OptimConfig):
         super().__init__()
@@ -69,7 +72,7 @@ class Objective(L.LightningModule):
         raise NotImplementedError
 
     def packing_blocker(self) -> str | None:
-        """Why batches cannot be padding-free (``data.padding_free``): the first model this system
+        """Why its models cannot read padding-free rows (``data.padding_free``): the first model this system
         holds that does not read packed rows as it reads each sequence alone (``packs_exactly``);
         None when every one does."""
         for name, model in self.named_children():

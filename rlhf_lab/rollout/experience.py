@@ -4,6 +4,12 @@ N sequences laid out as ``[left-padded prompt (P) | completion, right-padded (C)
 completion starts at column P, so the logits and values that concern completion tokens are one
 slice of the sequence. Position ids skip the left padding, so a prompt's tokens sit at the
 positions they would have alone.
+
+The forward passes over a rollout (``completion_logits``, ``completion_values``) run either on
+that layout or padding-free (``packed``): each sequence without its padding, batched by the
+collator (``rlhf_lab.data.collate.Collator``: packed into rows where that saves rows), and what the
+model says at each completion token put back at its place in the (N, C) layout, so the losses read
+the same tensors either way. Padding-free, the places of the completions' padding hold zeros.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlhf_lab.data.collate import Collator
+from rlhf_lab.data.tokenize import IGNORE
 from rlhf_lab.models.heads import scalar_head
+from rlhf_lab.models.lm import score_labels
 
 
 @dataclass
@@ -84,11 +93,40 @@ def _inputs(input_ids: Tensor, attention_mask: Tensor) -> dict:
     return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
 
 
-def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float) -> Tensor:
+def _padding_free(input_ids: Tensor, attention_mask: Tensor, width: int) -> tuple[dict, Tensor, Tensor]:
+    """The layout's sequences without their padding, batched by the collator, completion tokens
+    labelled; with ``where`` (B, T - 1), the positions that predict a completion token, and ``at``
+    (M,), the flat index into (N, C = width) of each of them, in the order ``[where]`` reads them."""
+    lengths = attention_mask.sum(1)  # (N,)
+    prompt_lengths = attention_mask[:, : attention_mask.shape[1] - width].sum(1)  # (N,)
+    features = []
+    for ids, p in zip(input_ids[attention_mask.bool()].split(lengths.tolist()), prompt_lengths.tolist()):
+        ids = ids.tolist()
+        features.append({"sequences": [{"input_ids": ids, "labels": [IGNORE] * p + ids[p:]}]})
+    # Where packing saves no row the collator pads on the right, after each sequence's last token,
+    # where no token of it attends: any id pads.
+    batch = {k: v.to(input_ids.device) if torch.is_tensor(v) else v for k, v in Collator(0, padding_free=True)(features).items()}
+    where = batch["labels"][:, 1:] != IGNORE  # (B, T - 1)
+    seq = batch["seq_ids"][:, :-1][where]  # (M,) one sequence per rollout row, in order
+    column = batch["position_ids"][:, 1:][where] - prompt_lengths[seq]  # (M,) the completion token's place
+    return batch, where, seq * width + column
+
+
+def _spread(values: Tensor, at: Tensor, n: int, width: int) -> Tensor:
+    """(n, width, ...) ``values`` (M, ...) at the flat places ``at``, zeros elsewhere (differentiable)."""
+    return values.new_zeros(n * width, *values.shape[1:]).index_copy(0, at, values).view(n, width, *values.shape[1:])
+
+
+def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float, packed: bool = False) -> Tensor:
     """(N, C = width, V) logits / temperature at the C positions that predict completion tokens:
     the distribution sampled from. The LM head runs at those positions only (``logits_to_keep``),
-    and no float32 copy is made of logits that are float32 already (nor a scaled one at temperature 1)."""
-    logits = model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1].float()  # (N, C, V)
+    and no float32 copy is made of logits that are float32 already (nor a scaled one at temperature 1).
+    ``packed``: padding-free (see the module docstring)."""
+    if packed:
+        batch, _, at = _padding_free(input_ids, attention_mask, width)
+        logits = _spread(score_labels(model, batch).logits.float(), at, len(input_ids), width)  # (N, C, V)
+    else:
+        logits = model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1].float()  # (N, C, V)
     return logits if temperature == 1.0 else logits / temperature
 
 
@@ -102,7 +140,12 @@ def entropy(logits: Tensor) -> Tensor:
     return logits.logsumexp(-1) - (logits.softmax(-1) * logits).sum(-1)
 
 
-def completion_values(critic, input_ids: Tensor, attention_mask: Tensor, width: int) -> Tensor:
+def completion_values(critic, input_ids: Tensor, attention_mask: Tensor, width: int, packed: bool = False) -> Tensor:
     """(N, C = width) V(s_t): the critic's scalar head read at every position that precedes a
-    completion token, i.e. before each action."""
-    return scalar_head(critic, _inputs(input_ids, attention_mask), lambda hidden: hidden[:, -width - 1 : -1])  # (N, C)
+    completion token, i.e. before each action. ``packed``: padding-free (see the module docstring)."""
+    if not packed:
+        return scalar_head(critic, _inputs(input_ids, attention_mask), lambda hidden: hidden[:, -width - 1 : -1])  # (N, C)
+    batch, where, at = _padding_free(input_ids, attention_mask, width)
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids")}
+    values = scalar_head(critic, {**inputs, "use_cache": False}, lambda hidden: hidden[:, :-1][where])  # (M,)
+    return _spread(values, at, len(input_ids), width)  # (N, C)
