@@ -19,6 +19,7 @@ from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lab.config import ObjectiveConfig, OptimConfig
+from rlhf_lab.data.collate import Collator
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, TrainingError
 from rlhf_lab.models import ModelFactory, export_pretrained, unwrap
@@ -50,10 +51,10 @@ def fusable(param: torch.Tensor) -> bool:
 
 class Objective(L.LightningModule):
     data_format: ClassVar[str] = "sft"  # rows read: sft | preference | prompt | unpaired
-    # Whether its models read padding-free rows, as the run decided when it started (``data.padding_free``,
-    # ``packing_blocker``): the DataModule then packs the collated batches, and a system that batches
-    # sequences itself (online RL's rollouts) packs those.
-    padding_free: bool = False
+    # The run's padding-free collator when it decided that its models read packed rows (``data.padding_free``,
+    # ``packing_blocker``), else None: the DataModule collates the batches with it, and a system that
+    # batches sequences itself (online RL's rollouts) packs them with it.
+    packing: Collator | None = None
 
     def __init__(self, cfg: ObjectiveConfig, *, models: ModelFactory, tokenizer: PreTrainedTokenizerBase, optim: OptimConfig):
         super().__init__()

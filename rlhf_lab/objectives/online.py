@@ -196,17 +196,17 @@ class OnlineRL(Objective):
         parts = defaultdict(list)
         for ids, att in zip(rollout.input_ids.split(self.cfg.forward_batch_size), rollout.attention_mask.split(self.cfg.forward_batch_size)):
             if rollout.logps is None:
-                logits = completion_logits(self.policy, ids, att, width, self.cfg.temperature, self.padding_free)  # (n, C, V)
+                logits = completion_logits(self.policy, ids, att, width, self.cfg.temperature, self.packing)  # (n, C, V)
                 parts["logps"].append(token_logps(logits, ids[:, -width:]))  # (n, C)
                 parts["entropy"].append(entropy(logits))  # (n, C)
                 del logits
             if self.uses_reference:
                 with self.ref.model(self.policy, self.reference) as reference:
-                    ref_logits = completion_logits(reference, ids, att, width, self.cfg.temperature, self.padding_free)  # (n, C, V)
+                    ref_logits = completion_logits(reference, ids, att, width, self.cfg.temperature, self.packing)  # (n, C, V)
                 parts["ref_logps"].append(token_logps(ref_logits, ids[:, -width:]))  # (n, C)
                 del ref_logits
             if self.uses_critic:
-                parts["values"].append(completion_values(self.critic, ids, att, width, self.padding_free))  # (n, C)
+                parts["values"].append(completion_values(self.critic, ids, att, width, self.packing))  # (n, C)
         for key, chunks in parts.items():
             setattr(rollout, key, torch.cat(chunks))  # (N, C)
 
@@ -249,7 +249,7 @@ class OnlineRL(Objective):
     def policy_logps(self, minibatch: Rollout) -> Tensor:
         """(n, C) log pi(y_t | x, y_<t) under the policy being updated, with gradients."""
         width = minibatch.mask.shape[1]
-        logits = completion_logits(self.policy, minibatch.input_ids, minibatch.attention_mask, width, self.cfg.temperature, self.padding_free)
+        logits = completion_logits(self.policy, minibatch.input_ids, minibatch.attention_mask, width, self.cfg.temperature, self.packing)
         return token_logps(logits, minibatch.completion_ids)
 
     def policy_losses(self, minibatch: Rollout, logps: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

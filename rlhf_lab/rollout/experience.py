@@ -6,10 +6,10 @@ slice of the sequence. Position ids skip the left padding, so a prompt's tokens 
 positions they would have alone.
 
 The forward passes over a rollout (``completion_logits``, ``completion_values``) run either on
-that layout or padding-free (``packed``): each sequence without its padding, batched by the
-collator (``rlhf_lab.data.collate.Collator``: packed into rows where that saves rows), and what the
-model says at each completion token put back at its place in the (N, C) layout, so the losses read
-the same tensors either way. Padding-free, the places of the completions' padding hold zeros.
+that layout or, given the run's padding-free collator (``packing``), on each sequence without its
+padding, batched by it (packed into rows where that saves rows), with what the model says at
+each completion token put back at its place in the (N, C) layout: the losses read the same
+tensors either way. Padding-free, the places of the completions' padding hold zeros.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def _inputs(input_ids: Tensor, attention_mask: Tensor) -> dict:
     return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
 
 
-def _padding_free(input_ids: Tensor, attention_mask: Tensor, width: int) -> tuple[dict, Tensor, Tensor]:
-    """The layout's sequences without their padding, batched by the collator, completion tokens
+def _padding_free(input_ids: Tensor, attention_mask: Tensor, width: int, packing: Collator) -> tuple[dict, Tensor, Tensor]:
+    """The layout's sequences without their padding, batched by ``packing``, completion tokens
     labelled; with ``where`` (B, T - 1), the positions that predict a completion token, and ``at``
     (M,), the flat index into (N, C = width) of each of them, in the order ``[where]`` reads them."""
     lengths = attention_mask.sum(1)  # (N,)
@@ -103,9 +103,7 @@ def _padding_free(input_ids: Tensor, attention_mask: Tensor, width: int) -> tupl
     for ids, p in zip(input_ids[attention_mask.bool()].split(lengths.tolist()), prompt_lengths.tolist()):
         ids = ids.tolist()
         features.append({"sequences": [{"input_ids": ids, "labels": [IGNORE] * p + ids[p:]}]})
-    # Where packing saves no row the collator pads on the right, after each sequence's last token,
-    # where no token of it attends: any id pads.
-    batch = {k: v.to(input_ids.device) if torch.is_tensor(v) else v for k, v in Collator(0, padding_free=True)(features).items()}
+    batch = {k: v.to(input_ids.device) if torch.is_tensor(v) else v for k, v in packing(features).items()}
     where = batch["labels"][:, 1:] != IGNORE  # (B, T - 1)
     seq = batch["seq_ids"][:, :-1][where]  # (M,) one sequence per rollout row, in order
     column = batch["position_ids"][:, 1:][where] - prompt_lengths[seq]  # (M,) the completion token's place
@@ -117,13 +115,13 @@ def _spread(values: Tensor, at: Tensor, n: int, width: int) -> Tensor:
     return values.new_zeros(n * width, *values.shape[1:]).index_copy(0, at, values).view(n, width, *values.shape[1:])
 
 
-def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float, packed: bool = False) -> Tensor:
+def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float, packing: Collator | None = None) -> Tensor:
     """(N, C = width, V) logits / temperature at the C positions that predict completion tokens:
     the distribution sampled from. The LM head runs at those positions only (``logits_to_keep``),
     and no float32 copy is made of logits that are float32 already (nor a scaled one at temperature 1).
-    ``packed``: padding-free (see the module docstring)."""
-    if packed:
-        batch, _, at = _padding_free(input_ids, attention_mask, width)
+    ``packing``: padding-free, batched by this collator (see the module docstring)."""
+    if packing is not None:
+        batch, _, at = _padding_free(input_ids, attention_mask, width, packing)
         logits = _spread(score_labels(model, batch).logits.float(), at, len(input_ids), width)  # (N, C, V)
     else:
         logits = model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1].float()  # (N, C, V)
@@ -140,12 +138,12 @@ def entropy(logits: Tensor) -> Tensor:
     return logits.logsumexp(-1) - (logits.softmax(-1) * logits).sum(-1)
 
 
-def completion_values(critic, input_ids: Tensor, attention_mask: Tensor, width: int, packed: bool = False) -> Tensor:
+def completion_values(critic, input_ids: Tensor, attention_mask: Tensor, width: int, packing: Collator | None = None) -> Tensor:
     """(N, C = width) V(s_t): the critic's scalar head read at every position that precedes a
-    completion token, i.e. before each action. ``packed``: padding-free (see the module docstring)."""
-    if not packed:
+    completion token, i.e. before each action. ``packing``: padding-free (see the module docstring)."""
+    if packing is None:
         return scalar_head(critic, _inputs(input_ids, attention_mask), lambda hidden: hidden[:, -width - 1 : -1])  # (N, C)
-    batch, where, at = _padding_free(input_ids, attention_mask, width)
+    batch, where, at = _padding_free(input_ids, attention_mask, width, packing)
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids")}
     values = scalar_head(critic, {**inputs, "use_cache": False}, lambda hidden: hidden[:, :-1][where])  # (M,)
     return _spread(values, at, len(input_ids), width)  # (N, C)

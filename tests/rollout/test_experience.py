@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhf_lab.config import ModelConfig
+from rlhf_lab.data.collate import Collator
 from rlhf_lab.models import load_causal_lm, load_scalar_head_model
 from rlhf_lab.rollout.experience import Rollout, _padding_free, completion_logits, completion_values, entropy, token_logps
 from rlhf_lab.rollout.generation import HFGenerator, Sampling, cut_at_eos, sample_from_uniform
@@ -130,18 +131,19 @@ def test_padding_free_passes_give_the_padded_layouts_logps_values_and_gradients(
     critic = AutoModelForSequenceClassification.from_config(critic_cfg).eval()
     prompts, completions = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15], [16, 17]], [[20, 21, 22], [23], [24, 25, 26, 27, 28], [29, 30]]
     input_ids, attention_mask, mask = Rollout.layout(prompts, completions, pad_id=0, device="cpu")
-    batch, _, _ = _padding_free(input_ids, attention_mask, width=5)
+    packing = Collator(pad_id=0, padding_free=True)
+    batch, _, _ = _padding_free(input_ids, attention_mask, 5, packing)
     assert batch["attention_mask"] is None and len(batch["input_ids"]) == 3  # packed: 9 | 5 + 4 | 4 tokens
     logps, values, grads = {}, {}, {}
-    for packed in (False, True):
+    for packed in (None, packing):
         policy.zero_grad()
-        logits = completion_logits(policy, input_ids, attention_mask, width=5, temperature=0.7, packed=packed)  # (4, 5, V)
+        logits = completion_logits(policy, input_ids, attention_mask, width=5, temperature=0.7, packing=packed)  # (4, 5, V)
         logps[packed] = token_logps(logits, input_ids[:, -5:]) * mask  # (4, 5)
         logps[packed].sum().backward()
         grads[packed] = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
         with torch.no_grad():
-            values[packed] = completion_values(critic, input_ids, attention_mask, width=5, packed=packed)  # (4, 5)
-    torch.testing.assert_close(logps[True], logps[False], atol=1e-5, rtol=0)
-    torch.testing.assert_close(values[True] * mask, values[False] * mask, atol=1e-5, rtol=0)
-    assert bool((values[True][mask == 0] == 0).all())
-    torch.testing.assert_close(grads[True], grads[False], atol=1e-5, rtol=1e-4)
+            values[packed] = completion_values(critic, input_ids, attention_mask, width=5, packing=packed)  # (4, 5)
+    torch.testing.assert_close(logps[packing], logps[None], atol=1e-5, rtol=0)
+    torch.testing.assert_close(values[packing] * mask, values[None] * mask, atol=1e-5, rtol=0)
+    assert bool((values[packing][mask == 0] == 0).all())
+    torch.testing.assert_close(grads[packing], grads[None], atol=1e-5, rtol=1e-4)
