@@ -7,9 +7,10 @@ positions they would have alone.
 
 The forward passes over a rollout (``completion_logits``, ``completion_values``) run either on
 that layout or, given the run's padding-free collator (``packing``), on each sequence without its
-padding, batched by it (packed into rows where that saves rows), with what the model says at
-each completion token put back at its place in the (N, C) layout: the losses read the same
-tensors either way. Padding-free, the places of the completions' padding hold zeros.
+padding, packed into rows by it, with what the model says at each completion token put back at
+its place in the (N, C) layout: the losses read the same tensors either way. Padding-free, the
+places of the completions' padding hold zeros. Where packing saves no row (the collator would pad
+the sequences instead) the layout's own pass runs: it costs the same, without the unpacking.
 """
 
 from __future__ import annotations
@@ -93,17 +94,23 @@ def _inputs(input_ids: Tensor, attention_mask: Tensor) -> dict:
     return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
 
 
-def _padding_free(input_ids: Tensor, attention_mask: Tensor, width: int, packing: Collator) -> tuple[dict, Tensor, Tensor]:
-    """The layout's sequences without their padding, batched by ``packing``, completion tokens
-    labelled; with ``where`` (B, T - 1), the positions that predict a completion token, and ``at``
-    (M,), the flat index into (N, C = width) of each of them, in the order ``[where]`` reads them."""
+def _padding_free(input_ids: Tensor, attention_mask: Tensor, width: int, packing: Collator | None) -> tuple[dict, Tensor, Tensor] | None:
+    """The layout's sequences without their padding, packed into rows by ``packing``, completion
+    tokens labelled; with ``where`` (B, T - 1), the positions that predict a completion token, and
+    ``at`` (M,), the flat index into (N, C = width) of each of them, in the order ``[where]`` reads
+    them. None without a collator or where packing saves no row."""
+    if packing is None:
+        return None
     lengths = attention_mask.sum(1)  # (N,)
     prompt_lengths = attention_mask[:, : attention_mask.shape[1] - width].sum(1)  # (N,)
     features = []
     for ids, p in zip(input_ids[attention_mask.bool()].split(lengths.tolist()), prompt_lengths.tolist()):
         ids = ids.tolist()
         features.append({"sequences": [{"input_ids": ids, "labels": [IGNORE] * p + ids[p:]}]})
-    batch = {k: v.to(input_ids.device) if torch.is_tensor(v) else v for k, v in packing(features).items()}
+    batch = packing(features)
+    if batch["attention_mask"] is not None:  # padded: packing saves no row
+        return None
+    batch = {k: v.to(input_ids.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     where = batch["labels"][:, 1:] != IGNORE  # (B, T - 1)
     seq = batch["seq_ids"][:, :-1][where]  # (M,) one sequence per rollout row, in order
     column = batch["position_ids"][:, 1:][where] - prompt_lengths[seq]  # (M,) the completion token's place
@@ -119,9 +126,10 @@ def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: i
     """(N, C = width, V) logits / temperature at the C positions that predict completion tokens:
     the distribution sampled from. The LM head runs at those positions only (``logits_to_keep``),
     and no float32 copy is made of logits that are float32 already (nor a scaled one at temperature 1).
-    ``packing``: padding-free, batched by this collator (see the module docstring)."""
-    if packing is not None:
-        batch, _, at = _padding_free(input_ids, attention_mask, width, packing)
+    ``packing``: padding-free, packed by this collator (see the module docstring)."""
+    packed = _padding_free(input_ids, attention_mask, width, packing)
+    if packed is not None:
+        batch, _, at = packed
         logits = _spread(score_labels(model, batch).logits.float(), at, len(input_ids), width)  # (N, C, V)
     else:
         logits = model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1].float()  # (N, C, V)
@@ -141,9 +149,10 @@ def entropy(logits: Tensor) -> Tensor:
 def completion_values(critic, input_ids: Tensor, attention_mask: Tensor, width: int, packing: Collator | None = None) -> Tensor:
     """(N, C = width) V(s_t): the critic's scalar head read at every position that precedes a
     completion token, i.e. before each action. ``packing``: padding-free (see the module docstring)."""
-    if packing is None:
+    packed = _padding_free(input_ids, attention_mask, width, packing)
+    if packed is None:
         return scalar_head(critic, _inputs(input_ids, attention_mask), lambda hidden: hidden[:, -width - 1 : -1])  # (N, C)
-    batch, where, at = _padding_free(input_ids, attention_mask, width, packing)
+    batch, where, at = packed
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids")}
     values = scalar_head(critic, {**inputs, "use_cache": False}, lambda hidden: hidden[:, :-1][where])  # (M,)
     return _spread(values, at, len(input_ids), width)  # (N, C)
