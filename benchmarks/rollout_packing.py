@@ -1,5 +1,5 @@
 """A rollout's log-prob pass padded against padding-free (``data.padding_free``): the no-grad policy
-pass of ``OnlineRL.evaluate`` (``completion_logits`` + ``token_logps``) and the update's pass with
+pass of ``OnlineRL.evaluate`` (``completion_logps`` with entropies) and the update's pass with
 its backward, on a random-init Llama and a rollout of ragged lengths.
 
     python benchmarks/rollout_packing.py                                   # 64 sequences, Llama 256 wide x 4 layers
@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from rlhf_lab.data.collate import Collator
 from rlhf_lab.models.lm import packs_exactly
-from rlhf_lab.rollout.experience import Rollout, completion_logits, token_logps
+from rlhf_lab.rollout.experience import Rollout, completion_logps
 
 
 def cpu_seconds() -> float:
@@ -75,11 +75,11 @@ def main() -> None:
 
     def no_grad(packing):
         with torch.no_grad():
-            token_logps(completion_logits(policy, input_ids, attention_mask, width, 1.0, packing), input_ids[:, -width:])
+            completion_logps(policy, input_ids, attention_mask, width, 1.0, packing, with_entropy=True)
 
     def with_grad(packing):
         policy.zero_grad()
-        logps = token_logps(completion_logits(policy, input_ids, attention_mask, width, 1.0, packing), input_ids[:, -width:])
+        logps, _ = completion_logps(policy, input_ids, attention_mask, width, 1.0, packing)
         (logps * mask).sum().backward()
 
     header = f"{'pass':<22} {'path':<13} {'CPU s':>7} {'wall s':>7}"

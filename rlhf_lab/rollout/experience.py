@@ -5,7 +5,7 @@ completion starts at column P, so the logits and values that concern completion 
 slice of the sequence. Position ids skip the left padding, so a prompt's tokens sit at the
 positions they would have alone.
 
-The forward passes over a rollout (``completion_logits``, ``completion_values``) run either on
+The forward passes over a rollout (``completion_logps``, ``completion_values``) run either on
 that layout or, given the run's padding-free collator (``packing``), on each sequence without its
 padding, packed into rows by it, with what the model says at each completion token put back at
 its place in the (N, C) layout: the losses read the same tensors either way. Padding-free, the
@@ -16,6 +16,7 @@ the sequences instead) the layout's own pass runs: it costs the same, without th
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import Iterator
 
 import torch
@@ -118,31 +119,49 @@ def _padding_free(input_ids: Tensor, attention_mask: Tensor, width: int, packing
 
 
 def _spread(values: Tensor, at: Tensor, n: int, width: int) -> Tensor:
-    """(n, width, ...) ``values`` (M, ...) at the flat places ``at``, zeros elsewhere (differentiable)."""
-    return values.new_zeros(n * width, *values.shape[1:]).index_copy(0, at, values).view(n, width, *values.shape[1:])
+    """(n, width) ``values`` (M,) at the flat places ``at``, zeros elsewhere (differentiable)."""
+    return values.new_zeros(n * width).index_copy(0, at, values).view(n, width)
 
 
-def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float, packing: Collator | None = None) -> Tensor:
-    """(N, C = width, V) logits / temperature at the C positions that predict completion tokens:
-    the distribution sampled from. The LM head runs at those positions only (``logits_to_keep``),
-    and no float32 copy is made of logits that are float32 already (nor a scaled one at temperature 1).
-    ``packing``: padding-free, packed by this collator (see the module docstring)."""
-    packed = _padding_free(input_ids, attention_mask, width, packing)
-    if packed is not None:
-        batch, _, at = packed
-        logits = _spread(score_labels(model, batch).logits.float(), at, len(input_ids), width)  # (N, C, V)
-    else:
-        logits = model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1].float()  # (N, C, V)
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """logits / temperature as float32, with no copy of logits that are float32 already (nor a
+    scaled one at temperature 1)."""
+    logits = logits.float()
     return logits if temperature == 1.0 else logits / temperature
 
 
+def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float) -> Tensor:
+    """(N, C = width, V) logits / temperature at the C positions that predict completion tokens:
+    the distribution sampled from. The LM head runs at those positions only (``logits_to_keep``)."""
+    return _scaled(model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1], temperature)  # (N, C, V)
+
+
+def completion_logps(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float,
+                     packing: Collator | None = None, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(N, C = width) log p(y_t | x, y_<t) of the completion tokens (the last C columns of
+    ``input_ids``) under logits / temperature, and with ``with_entropy`` the entropy of each of
+    those next-token distributions (N, C), else None. ``packing``: padding-free (see the module
+    docstring); the logits then exist at the completion tokens only, not as (N, C, V)."""
+    packed = _padding_free(input_ids, attention_mask, width, packing)
+    if packed is None:
+        logits, targets = completion_logits(model, input_ids, attention_mask, width, temperature), input_ids[:, -width:]  # (N, C, V), (N, C)
+    else:
+        scored = score_labels(model, packed[0])
+        logits, targets = _scaled(scored.logits, temperature), scored.targets  # (M, V), (M,)
+    logps, entropies = token_logps(logits, targets), (entropy(logits) if with_entropy else None)
+    if packed is None:
+        return logps, entropies
+    unpack = partial(_spread, at=packed[2], n=len(input_ids), width=width)  # (M,) -> (N, C)
+    return unpack(logps), (None if entropies is None else unpack(entropies))
+
+
 def token_logps(logits: Tensor, targets: Tensor) -> Tensor:
-    """(N, C) log p(y_t | x, y_<t) of the ``targets`` (N, C) under ``logits`` (N, C, V)."""
+    """(N, C) log p(y_t | x, y_<t) of the ``targets`` (N, C) under ``logits`` (N, C, V) (any leading shape)."""
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
 def entropy(logits: Tensor) -> Tensor:
-    """(N, C) H(p) = logsumexp(l) - sum_v p_v * l_v of each next-token distribution."""
+    """(N, C) H(p) = logsumexp(l) - sum_v p_v * l_v of each next-token distribution (any leading shape)."""
     return logits.logsumexp(-1) - (logits.softmax(-1) * logits).sum(-1)
 
 

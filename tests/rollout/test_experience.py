@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from rlhf_lab.config import ModelConfig
 from rlhf_lab.data.collate import Collator
 from rlhf_lab.models import load_causal_lm, load_scalar_head_model
-from rlhf_lab.rollout.experience import Rollout, _padding_free, completion_logits, completion_values, entropy, token_logps
+from rlhf_lab.rollout.experience import Rollout, _padding_free, completion_logits, completion_logps, completion_values, entropy, token_logps
 from rlhf_lab.rollout.generation import HFGenerator, Sampling, cut_at_eos, sample_from_uniform
 from tests.archs import config, tokenizer
 
@@ -120,7 +120,7 @@ def test_hf_generator_reports_the_policys_log_probs_at_the_sampling_temperature(
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_padding_free_passes_give_the_padded_layouts_logps_values_and_gradients(family):
     """Prompts of 2-6 tokens and completions of 1-5 (sequences of 4-9 tokens pack 4 into 3 rows):
-    the same log-probs, values and policy gradients as the padded layout, zeros on its padding.
+    the same log-probs, entropies, values and policy gradients as the padded layout, zeros on its padding.
     float32 on CPU: packing only reorders the sums (attention over fewer keys, no masked ones), a
     few ulps of logits of order 1, so 1e-5 absolute."""
     torch.manual_seed(0)
@@ -134,16 +134,15 @@ def test_padding_free_passes_give_the_padded_layouts_logps_values_and_gradients(
     packing = Collator(pad_id=0, padding_free=True)
     batch, _, _ = _padding_free(input_ids, attention_mask, 5, packing)
     assert batch["attention_mask"] is None and len(batch["input_ids"]) == 3  # packed: 9 | 5 + 4 | 4 tokens
-    logps, values, grads = {}, {}, {}
+    logps, entropies, values, grads = {}, {}, {}, {}
     for packed in (None, packing):
         policy.zero_grad()
-        logits = completion_logits(policy, input_ids, attention_mask, width=5, temperature=0.7, packing=packed)  # (4, 5, V)
-        logps[packed] = token_logps(logits, input_ids[:, -5:]) * mask  # (4, 5)
-        logps[packed].sum().backward()
+        logps[packed], entropies[packed] = completion_logps(policy, input_ids, attention_mask, 5, 0.7, packed, with_entropy=True)  # (4, 5) each
+        (logps[packed] * mask).sum().backward()
         grads[packed] = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
         with torch.no_grad():
             values[packed] = completion_values(critic, input_ids, attention_mask, width=5, packing=packed)  # (4, 5)
-    torch.testing.assert_close(logps[packing], logps[None], atol=1e-5, rtol=0)
-    torch.testing.assert_close(values[packing] * mask, values[None] * mask, atol=1e-5, rtol=0)
-    assert bool((values[packing][mask == 0] == 0).all())
+    for packed, padded in ((logps[packing], logps[None]), (entropies[packing], entropies[None]), (values[packing], values[None])):
+        torch.testing.assert_close(packed * mask, padded * mask, atol=1e-5, rtol=0)
+        assert bool((packed[mask == 0] == 0).all())
     torch.testing.assert_close(grads[packing], grads[None], atol=1e-5, rtol=1e-4)
