@@ -10,7 +10,8 @@ uniform in [1, --max-completion] (completions that stop at EOS at any point, as 
 rollout's layout as ``OnlineRL.draw`` builds it (left-padded prompts, right-padded completions).
 Both paths run in one process, alternating, ``--repeats`` times each; the figures are medians of
 CPU time (user + sys of this process: other load on the machine inflates wall time, not this much)
-and of wall time.
+and of wall time. ``--paths padded`` or ``--paths padding-free`` runs one, for its peak memory
+(``/usr/bin/time -v``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--paths", nargs="+", default=["padded", "padding-free"], choices=["padded", "padding-free"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -86,14 +88,15 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name, fn in (("evaluate (no grad)", no_grad), ("update (fwd + bwd)", with_grad)):
-        times = {"padded": [], "padding-free": []}
+        times = {path: [] for path in args.paths}
         for _ in range(args.repeats):
-            for path, how in (("padded", None), ("padding-free", packing)):
-                times[path].append(timed(lambda: fn(how)))
+            for path in args.paths:
+                times[path].append(timed(lambda: fn(packing if path == "padding-free" else None)))
         for path, pairs in times.items():
-            print(f"{name:<22} {path:<13} {median(c for c, _ in pairs):>7.2f} {median(w for _, w in pairs):>7.2f}")
-        cpu = {path: median(c for c, _ in pairs) for path, pairs in times.items()}
-        print(f"{name:<22} {'speed-up':<13} {cpu['padded'] / cpu['padding-free']:>6.2f}x (CPU time)", flush=True)
+            print(f"{name:<22} {path:<13} {median(c for c, _ in pairs):>7.2f} {median(w for _, w in pairs):>7.2f}", flush=True)
+        if len(times) == 2:
+            cpu = {path: median(c for c, _ in pairs) for path, pairs in times.items()}
+            print(f"{name:<22} {'speed-up':<13} {cpu['padded'] / cpu['padding-free']:>6.2f}x (CPU time)", flush=True)
 
 
 if __name__ == "__main__":
