@@ -107,8 +107,8 @@ def train(cfg: DictConfig, host: PluginHost, run_dir: Path, started: float, fing
     data = DataModule(cfg.data, objective.target.data_format, objective.target.encode, encoder, loaders, cfg.seed)
     reward = partial(build_reward, cfg.reward, host.registry.entries["reward"], tokenizer)  # built if the objective asks
     system = objective.create(cfg.objective, models=ModelFactory(cfg.model, tokenizer, reward), tokenizer=tokenizer, optim=cfg.optim)
-    if cfg.data.padding_free is not False and system.reads_token_batches:
-        data.pack(system.packing_blocker())
+    if cfg.data.padding_free is not False and data.pack(system.packing_blocker()):
+        system.packing = data.collate
 
     extra = [
         *eval_callbacks(cfg, host.registry, tokenizer),

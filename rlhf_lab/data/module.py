@@ -90,16 +90,17 @@ class DataModule(L.LightningDataModule):
         self.stats["prepare_s"] = round(time.perf_counter() - started, 3)
         self.stats["padding_free"] = self.collate.padding_free
 
-    def pack(self, blocker: str | None) -> None:
+    def pack(self, blocker: str | None) -> bool:
         """Padding-free batches unless the models cannot read them (``blocker``, from
         ``Objective.packing_blocker``): then padded ones, or an error when ``data.padding_free=true``
-        asked for packing outright."""
+        asked for packing outright. Returns whether they are padding-free."""
         if blocker is not None and self.cfg.padding_free:
             raise ConfigError(f"data.padding_free=true: {blocker} (its tokens would attend across sequences); "
                               "set data.padding_free=false, or leave it unset to pad for this model.")
         if blocker is not None:
             log.warning("padding-free batches off: %s; batches are padded", blocker)
         self.collate.padding_free = self.stats["padding_free"] = blocker is None
+        return blocker is None
 
     # --- tables ------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_lab.config import ObjectiveConfig, OptimConfig
+from rlhf_lab.data.collate import Collator
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, TrainingError
 from rlhf_lab.models import ModelFactory, export_pretrained, unwrap
@@ -50,7 +51,10 @@ def fusable(param: torch.Tensor) -> bool:
 
 class Objective(L.LightningModule):
     data_format: ClassVar[str] = "sft"  # rows read: sft | preference | prompt | unpaired
-    reads_token_batches: ClassVar[bool] = True  # its models run on the collated batches (data.padding_free applies)
+    # The run's padding-free collator when it decided that its models read packed rows (``data.padding_free``,
+    # ``packing_blocker``), else None: the DataModule collates the batches with it, and a system that
+    # batches sequences itself (online RL's rollouts) packs them with it.
+    packing: Collator | None = None
 
     def __init__(self, cfg: ObjectiveConfig, *, models: ModelFactory, tokenizer: PreTrainedTokenizerBase, optim: OptimConfig):
         super().__init__()
@@ -69,7 +73,7 @@ class Objective(L.LightningModule):
         raise NotImplementedError
 
     def packing_blocker(self) -> str | None:
-        """Why batches cannot be padding-free (``data.padding_free``): the first model this system
+        """Why its models cannot read padding-free rows (``data.padding_free``): the first model this system
         holds that does not read packed rows as it reads each sequence alone (``packs_exactly``);
         None when every one does."""
         for name, model in self.named_children():

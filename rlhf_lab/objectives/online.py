@@ -38,7 +38,7 @@ from rlhf_lab.models.reference import Reference
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.schemas import GroupConfig, OnlineRLConfig
 from rlhf_lab.rollout.advantages import masked_mean, masked_whiten
-from rlhf_lab.rollout.experience import Rollout, completion_logits, completion_values, entropy, token_logps
+from rlhf_lab.rollout.experience import Rollout, completion_logps, completion_values
 from rlhf_lab.rollout.generation import Completions, Sampling, build_generator
 from rlhf_lab.rollout.losses import KL_ESTIMATORS, clipped_surrogate, kl_k1, kl_k2
 
@@ -63,7 +63,6 @@ class OnlineRL(Objective):
     (``estimate_advantages``) and the loss of a minibatch (``loss``); see the module docstring."""
 
     data_format = "prompt"
-    reads_token_batches = False  # its batches are prompt rows for the sampler; its forward passes run on rollouts
     uses_critic: ClassVar[bool] = False  # PPO: build ``self.critic`` and read V(s_t) in ``evaluate``
 
     def __init__(self, cfg: OnlineRLConfig, **kwargs):
@@ -197,17 +196,14 @@ class OnlineRL(Objective):
         parts = defaultdict(list)
         for ids, att in zip(rollout.input_ids.split(self.cfg.forward_batch_size), rollout.attention_mask.split(self.cfg.forward_batch_size)):
             if rollout.logps is None:
-                logits = completion_logits(self.policy, ids, att, width, self.cfg.temperature)  # (n, C, V)
-                parts["logps"].append(token_logps(logits, ids[:, -width:]))  # (n, C)
-                parts["entropy"].append(entropy(logits))  # (n, C)
-                del logits
+                logps, entropies = completion_logps(self.policy, ids, att, width, self.cfg.temperature, self.packing, with_entropy=True)
+                parts["logps"].append(logps)  # (n, C)
+                parts["entropy"].append(entropies)  # (n, C)
             if self.uses_reference:
                 with self.ref.model(self.policy, self.reference) as reference:
-                    ref_logits = completion_logits(reference, ids, att, width, self.cfg.temperature)  # (n, C, V)
-                parts["ref_logps"].append(token_logps(ref_logits, ids[:, -width:]))  # (n, C)
-                del ref_logits
+                    parts["ref_logps"].append(completion_logps(reference, ids, att, width, self.cfg.temperature, self.packing)[0])  # (n, C)
             if self.uses_critic:
-                parts["values"].append(completion_values(self.critic, ids, att, width))  # (n, C)
+                parts["values"].append(completion_values(self.critic, ids, att, width, self.packing))  # (n, C)
         for key, chunks in parts.items():
             setattr(rollout, key, torch.cat(chunks))  # (N, C)
 
@@ -250,8 +246,7 @@ class OnlineRL(Objective):
     def policy_logps(self, minibatch: Rollout) -> Tensor:
         """(n, C) log pi(y_t | x, y_<t) under the policy being updated, with gradients."""
         width = minibatch.mask.shape[1]
-        logits = completion_logits(self.policy, minibatch.input_ids, minibatch.attention_mask, width, self.cfg.temperature)
-        return token_logps(logits, minibatch.completion_ids)
+        return completion_logps(self.policy, minibatch.input_ids, minibatch.attention_mask, width, self.cfg.temperature, self.packing)[0]
 
     def policy_losses(self, minibatch: Rollout, logps: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The clipped surrogate per token (n, C), with its mean, clip fraction and the KL of pi to pi_old."""

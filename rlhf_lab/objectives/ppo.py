@@ -47,7 +47,7 @@ class PPO(OnlineRL):
     def loss(self, minibatch: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         losses, metrics = self.policy_losses(minibatch, self.policy_logps(minibatch))
         width = minibatch.mask.shape[1]
-        values = completion_values(self.critic, minibatch.input_ids, minibatch.attention_mask, width)  # (n, C)
+        values = completion_values(self.critic, minibatch.input_ids, minibatch.attention_mask, width, self.packing)  # (n, C)
         value_losses = clipped_value_loss(values, minibatch.values, minibatch.returns, self.cfg.value_clip)  # (n, C)
         value_loss = self.global_token_mean((value_losses * minibatch.mask).sum(), minibatch.mask.sum())
         loss = self.aggregate(losses, minibatch.mask) + self.cfg.vf_coef * value_loss

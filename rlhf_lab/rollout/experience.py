@@ -4,18 +4,29 @@ N sequences laid out as ``[left-padded prompt (P) | completion, right-padded (C)
 completion starts at column P, so the logits and values that concern completion tokens are one
 slice of the sequence. Position ids skip the left padding, so a prompt's tokens sit at the
 positions they would have alone.
+
+The forward passes over a rollout (``completion_logps``, ``completion_values``) run either on
+that layout or, given the run's padding-free collator (``packing``), on each sequence without its
+padding, packed into rows by it, with what the model says at each completion token put back at
+its place in the (N, C) layout: the losses read the same tensors either way. Padding-free, the
+places of the completions' padding hold zeros. Where packing saves no row (the collator would pad
+the sequences instead) the layout's own pass runs: it costs the same, without the unpacking.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlhf_lab.data.collate import Collator
+from rlhf_lab.data.tokenize import IGNORE
 from rlhf_lab.models.heads import scalar_head
+from rlhf_lab.models.lm import score_labels
 
 
 @dataclass
@@ -84,25 +95,83 @@ def _inputs(input_ids: Tensor, attention_mask: Tensor) -> dict:
     return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
 
 
-def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float) -> Tensor:
-    """(N, C = width, V) logits / temperature at the C positions that predict completion tokens:
-    the distribution sampled from. The LM head runs at those positions only (``logits_to_keep``),
-    and no float32 copy is made of logits that are float32 already (nor a scaled one at temperature 1)."""
-    logits = model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1].float()  # (N, C, V)
+def _padding_free(input_ids: Tensor, attention_mask: Tensor, width: int, packing: Collator | None) -> tuple[dict, Tensor, Tensor] | None:
+    """The layout's sequences without their padding, packed into rows by ``packing``, completion
+    tokens labelled; with ``where`` (B, T - 1), the positions that predict a completion token, and
+    ``at`` (M,), the flat index into (N, C = width) of each of them, in the order ``[where]`` reads
+    them. None without a collator or where packing saves no row."""
+    if packing is None:
+        return None
+    lengths = attention_mask.sum(1)  # (N,)
+    prompt_lengths = attention_mask[:, : attention_mask.shape[1] - width].sum(1)  # (N,)
+    features = []
+    for ids, p in zip(input_ids[attention_mask.bool()].split(lengths.tolist()), prompt_lengths.tolist()):
+        ids = ids.tolist()
+        features.append({"sequences": [{"input_ids": ids, "labels": [IGNORE] * p + ids[p:]}]})
+    batch = packing(features)
+    if batch["attention_mask"] is not None:  # padded: packing saves no row
+        return None
+    batch = {k: v.to(input_ids.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    where = batch["labels"][:, 1:] != IGNORE  # (B, T - 1)
+    seq = batch["seq_ids"][:, :-1][where]  # (M,) one sequence per rollout row, in order
+    column = batch["position_ids"][:, 1:][where] - prompt_lengths[seq]  # (M,) the completion token's place
+    return batch, where, seq * width + column
+
+
+def _spread(values: Tensor, at: Tensor, n: int, width: int) -> Tensor:
+    """(n, width) ``values`` (M,) at the flat places ``at``, zeros elsewhere (differentiable)."""
+    return values.new_zeros(n * width).index_copy(0, at, values).view(n, width)
+
+
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """logits / temperature as float32, with no copy of logits that are float32 already (nor a
+    scaled one at temperature 1)."""
+    logits = logits.float()
     return logits if temperature == 1.0 else logits / temperature
 
 
+def completion_logits(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float) -> Tensor:
+    """(N, C = width, V) logits / temperature at the C positions that predict completion tokens:
+    the distribution sampled from. The LM head runs at those positions only (``logits_to_keep``)."""
+    return _scaled(model(**_inputs(input_ids, attention_mask), logits_to_keep=width + 1).logits[:, :-1], temperature)  # (N, C, V)
+
+
+def completion_logps(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float,
+                     packing: Collator | None = None, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(N, C = width) log p(y_t | x, y_<t) of the completion tokens (the last C columns of
+    ``input_ids``) under logits / temperature, and with ``with_entropy`` the entropy of each of
+    those next-token distributions (N, C), else None. ``packing``: padding-free (see the module
+    docstring); the logits then exist at the completion tokens only, not as (N, C, V)."""
+    packed = _padding_free(input_ids, attention_mask, width, packing)
+    if packed is None:
+        logits, targets = completion_logits(model, input_ids, attention_mask, width, temperature), input_ids[:, -width:]  # (N, C, V), (N, C)
+    else:
+        scored = score_labels(model, packed[0])
+        logits, targets = _scaled(scored.logits, temperature), scored.targets  # (M, V), (M,)
+    logps, entropies = token_logps(logits, targets), (entropy(logits) if with_entropy else None)
+    if packed is None:
+        return logps, entropies
+    unpack = partial(_spread, at=packed[2], n=len(input_ids), width=width)  # (M,) -> (N, C)
+    return unpack(logps), (None if entropies is None else unpack(entropies))
+
+
 def token_logps(logits: Tensor, targets: Tensor) -> Tensor:
-    """(N, C) log p(y_t | x, y_<t) of the ``targets`` (N, C) under ``logits`` (N, C, V)."""
+    """(N, C) log p(y_t | x, y_<t) of the ``targets`` (N, C) under ``logits`` (N, C, V) (any leading shape)."""
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
 def entropy(logits: Tensor) -> Tensor:
-    """(N, C) H(p) = logsumexp(l) - sum_v p_v * l_v of each next-token distribution."""
+    """(N, C) H(p) = logsumexp(l) - sum_v p_v * l_v of each next-token distribution (any leading shape)."""
     return logits.logsumexp(-1) - (logits.softmax(-1) * logits).sum(-1)
 
 
-def completion_values(critic, input_ids: Tensor, attention_mask: Tensor, width: int) -> Tensor:
+def completion_values(critic, input_ids: Tensor, attention_mask: Tensor, width: int, packing: Collator | None = None) -> Tensor:
     """(N, C = width) V(s_t): the critic's scalar head read at every position that precedes a
-    completion token, i.e. before each action."""
-    return scalar_head(critic, _inputs(input_ids, attention_mask), lambda hidden: hidden[:, -width - 1 : -1])  # (N, C)
+    completion token, i.e. before each action. ``packing``: padding-free (see the module docstring)."""
+    packed = _padding_free(input_ids, attention_mask, width, packing)
+    if packed is None:
+        return scalar_head(critic, _inputs(input_ids, attention_mask), lambda hidden: hidden[:, -width - 1 : -1])  # (N, C)
+    batch, where, at = packed
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids")}
+    values = scalar_head(critic, {**inputs, "use_cache": False}, lambda hidden: hidden[:, :-1][where])  # (M,)
+    return _spread(values, at, len(input_ids), width)  # (N, C)

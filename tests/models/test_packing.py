@@ -59,3 +59,28 @@ def test_an_unpackable_model_pads_by_default_and_refuses_padding_free_true(tmp_p
     assert run_in_process(tmp_path / "auto", *model, *RUN)["data/padding_free"] is False
     with pytest.raises(ConfigError, match=r"data.padding_free=true: the policy \(OPTForCausalLM, attention \w+\) mixes packed sequences"):
         run_in_process(tmp_path / "forced", *model, *RUN, "data.padding_free=true")
+
+
+# A reward that varies (the share of the letter 'a'), and the whole rollout in one row: it packs.
+ONLINE = (*QUICK, "objective=ppo", "trainer.max_steps=1", "data.num_rows=16", "data.batch_size=8", "objective.max_new_tokens=6",
+          "reward=python", "reward.fn=tests.rewards.functions:share_of_a", "data.pack_width=0")
+
+
+@pytest.mark.slow
+def test_online_rl_packs_its_rollouts_by_default_and_takes_the_padded_paths_first_step(tmp_path):
+    """PPO's first rollout: four optimiser steps on log pi and V(s_t) from the policy and critic
+    passes, the rollout's (padding-free by default) and the update's. Equal losses, KL and value
+    loss: the packed passes put every token's log-prob and value where the padded ones do."""
+    default = run_in_process(tmp_path / "default", *ONLINE)
+    padded = run_in_process(tmp_path / "padded", *ONLINE, "data.padding_free=false")
+    assert default["data/padding_free"] is True and padded["data/padding_free"] is False
+    for key in ("train/loss", "train/value_loss", "train/approx_kl", "train/grad_norm"):
+        assert default[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_online_rl_pads_the_rollouts_of_an_unpackable_model_and_refuses_padding_free_true(tmp_path):
+    model = ("model=hf", f"model.name_or_path={opt_dir(tmp_path / 'opt')}")
+    assert run_in_process(tmp_path / "auto", *ONLINE, *model)["data/padding_free"] is False
+    with pytest.raises(ConfigError, match=r"data.padding_free=true: the policy \(OPTForCausalLM, attention \w+\) mixes packed sequences"):
+        run_in_process(tmp_path / "forced", *ONLINE, *model, "data.padding_free=true")

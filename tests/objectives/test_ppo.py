@@ -13,11 +13,13 @@ from omegaconf import OmegaConf
 
 from rlhf_lab.config import DataConfig, LoraConfig, ModelConfig, OptimConfig
 from rlhf_lab.data.builtin import load_synthetic
+from rlhf_lab.data.collate import Collator
 from rlhf_lab.data.module import DataModule
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models import load_scalar_head_model
 from rlhf_lab.objectives.ppo import PPO, PPOConfig
+from rlhf_lab.rollout.experience import Rollout
 from tests.rewards.functions import length, share_of_a
 from tests.rollout.runs import ENV, LEARN, QUICK, curve, head, make_system, prompt_rows, tail
 
@@ -73,6 +75,34 @@ def test_no_grad_passes_in_chunks_of_forward_batch_size_match_one_pass(tiny_toke
     torch.testing.assert_close(rollout.logps * mask, whole[0] * mask, atol=1e-5, rtol=0)
     torch.testing.assert_close(rollout.ref_logps * mask, whole[1] * mask, atol=1e-5, rtol=0)
     assert not torch.equal(whole[1][0] * mask[0], whole[1][3] * mask[3])  # rows differ: a misordered chunk would show
+
+
+def test_a_padding_free_update_takes_the_padded_updates_loss_and_gradients(tiny_tokenizer):
+    """Prompts of 2-7 tokens, completions of 1-6 (three of four ended early): evaluate (log pi_old,
+    log pi_ref, V) and the loss (log pi and V with gradients) with the rollout packed (one row), and
+    padded. Equal loss, metrics and gradients of policy and critic: every token's log-prob and value
+    went back to its place, and nothing reads the zeros on the padding (float32: 1e-5)."""
+    system = make_system(PPO, PPOConfig, tiny_tokenizer, length, beta=0.1)
+    prompts, completions = [[5, 6], [7, 8, 9, 10, 11, 12, 13], [14, 15, 16], [17, 18, 19, 20]], [[30, 31, 2], [32], [33, 34, 35, 36, 37, 38], [39, 2]]
+    layout = Rollout.layout(prompts, completions, tiny_tokenizer.pad_token_id, "cpu")
+    results = []
+    for packing in (None, Collator(tiny_tokenizer.pad_token_id, padding_free=True, row_width=0)):
+        system.packing = packing
+        rollout = Rollout(*layout, reward=torch.tensor([0.5, -1.0, 2.0, 0.0]), scores=torch.tensor([0.5, -1.0, 2.0, 0.0]))
+        system.zero_grad()
+        with torch.no_grad():
+            system.evaluate(rollout)
+        system.estimate_advantages(rollout, {})
+        loss, metrics = system.loss(rollout)
+        loss.backward()
+        results.append((loss, metrics, [p.grad.clone() for p in system.parameters() if p.grad is not None]))
+    (padded, padded_metrics, padded_grads), (packed, packed_metrics, packed_grads) = results
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    for key, value in padded_metrics.items():
+        torch.testing.assert_close(packed_metrics[key], value, atol=1e-5, rtol=1e-5)
+    assert len(packed_grads) == len(padded_grads) > 0
+    for packed_grad, padded_grad in zip(packed_grads, padded_grads):
+        torch.testing.assert_close(packed_grad, padded_grad, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize(("estimator", "per_token"), [("k1", 0.3), ("k2", 0.5 * 0.3**2), ("k3", math.exp(-0.3) + 0.3 - 1)])

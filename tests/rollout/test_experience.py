@@ -1,11 +1,15 @@
 """Rollout layout, forward passes on left-padded batches, and the HF generation backend, on the tiny model."""
 
+import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhf_lab.config import ModelConfig
+from rlhf_lab.data.collate import Collator
 from rlhf_lab.models import load_causal_lm, load_scalar_head_model
-from rlhf_lab.rollout.experience import Rollout, completion_logits, completion_values, entropy, token_logps
+from rlhf_lab.rollout.experience import Rollout, _padding_free, completion_logits, completion_logps, completion_values, entropy, token_logps
 from rlhf_lab.rollout.generation import HFGenerator, Sampling, cut_at_eos, sample_from_uniform
+from tests.archs import config, tokenizer
 
 PROMPTS = [[3, 40, 41, 42], [3, 50]]
 COMPLETIONS = [[60, 61, 2], [70]]
@@ -111,3 +115,34 @@ def test_hf_generator_reports_the_policys_log_probs_at_the_sampling_temperature(
     torch.testing.assert_close(completions.entropy, entropy(logits) * mask, atol=1e-4, rtol=0)
 
 
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_padding_free_passes_give_the_padded_layouts_logps_values_and_gradients(family):
+    """Prompts of 2-6 tokens and completions of 1-5 (sequences of 4-9 tokens pack 4 into 3 rows):
+    the same log-probs, entropies, values and policy gradients as the padded layout, zeros on its padding.
+    float32 on CPU: packing only reorders the sums (attention over fewer keys, no masked ones), a
+    few ulps of logits of order 1, so 1e-5 absolute."""
+    torch.manual_seed(0)
+    tok = tokenizer(family)
+    policy = AutoModelForCausalLM.from_config(config(family, tok)).eval()  # no dropout; gradients still flow
+    critic_cfg = config(family, tok)
+    critic_cfg.num_labels = 1
+    critic = AutoModelForSequenceClassification.from_config(critic_cfg).eval()
+    prompts, completions = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15], [16, 17]], [[20, 21, 22], [23], [24, 25, 26, 27, 28], [29, 30]]
+    input_ids, attention_mask, mask = Rollout.layout(prompts, completions, pad_id=0, device="cpu")
+    packing = Collator(pad_id=0, padding_free=True)
+    batch, _, _ = _padding_free(input_ids, attention_mask, 5, packing)
+    assert batch["attention_mask"] is None and len(batch["input_ids"]) == 3  # packed: 9 | 5 + 4 | 4 tokens
+    logps, entropies, values, grads = {}, {}, {}, {}
+    for packed in (None, packing):
+        policy.zero_grad()
+        logps[packed], entropies[packed] = completion_logps(policy, input_ids, attention_mask, 5, 0.7, packed, with_entropy=True)  # (4, 5) each
+        (logps[packed] * mask).sum().backward()
+        grads[packed] = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+        with torch.no_grad():
+            values[packed] = completion_values(critic, input_ids, attention_mask, width=5, packing=packed)  # (4, 5)
+    for packed, padded in ((logps[packing], logps[None]), (entropies[packing], entropies[None]), (values[packing], values[None])):
+        torch.testing.assert_close(packed * mask, padded * mask, atol=1e-5, rtol=0)
+        assert bool((packed[mask == 0] == 0).all())
+    torch.testing.assert_close(grads[packing], grads[None], atol=1e-5, rtol=1e-4)
