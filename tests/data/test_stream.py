@@ -13,6 +13,7 @@ from rlhf_lab.data.stream import FeatureStream, StreamLoader
 from rlhf_lab.data.table import Pipeline
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import DataError
+from rlhf_lab.objectives.kto import KTO
 from rlhf_lab.objectives.sft import SFT
 from tests.conftest import write_jsonl
 from tests.inprocess import QUICK, run_in_process
@@ -103,3 +104,39 @@ def test_a_streaming_run_resumed_from_its_checkpoint_matches_the_uninterrupted_r
     assert resumed["global_step"] == whole["global_step"] == 8  # the second epoch started at step 7
     assert resumed["train/loss"] == pytest.approx(whole["train/loss"], rel=1e-6)
     assert resumed["data/rows_read"] == whole["data/rows_read"]
+
+
+def kto_stream(tiny_tokenizer, tmp_path, sizes: dict[str, int], weights: list[float], batch_size: int = 3) -> StreamLoader:
+    """A KTO stream over JSONL sources of ``sizes[name]`` unpaired rows (labels alternate), unshuffled."""
+    encoder = Encoder(tiny_tokenizer, 64, "never")
+    sources, pipelines = [], []
+    for name, n in sizes.items():
+        rows = [{"prompt": f"{name} {i}?", "completion": "z " * (i % 3 + 1), "label": i % 2 == 0} for i in range(n)]
+        src = SourceConfig(path=str(write_jsonl(tmp_path / f"{name}.jsonl", rows)))
+        sources.append(open_source(name, src, "unpaired", {}))
+        pipelines.append(Pipeline(name, src, sources[-1].where, "unpaired", encoder, KTO.encode))
+    collate = lambda features: {"texts": [tiny_tokenizer.decode(f["sequences"][0]["input_ids"]) for f in features]}  # noqa: E731
+    return StreamLoader(FeatureStream(sources, pipelines, weights, None, batch_size, collate, seed=1, shuffle=False, buffer=1), 0)
+
+
+def test_a_kto_stream_pairs_a_source_s_lone_row_in_a_chunk_with_the_other_sources_rows(tiny_tokenizer, tmp_path):
+    """KTO pairs each row with another row's completion: a source that gives a chunk (7 rows here)
+    a single row must not be tokenised alone (it was: 'objective=kto needs at least 2 rows')."""
+    loader = kto_stream(tiny_tokenizer, tmp_path, {"many": 40, "few": 6}, [6.0, 1.0])
+    whole = take(loader, 12)
+    texts = [text for batch in whole for text in batch]
+    assert any(text.startswith("few") for text in texts)
+    for stop in (2, 5):  # exact resume holds
+        first = kto_stream(tiny_tokenizer, tmp_path, {"many": 40, "few": 6}, [6.0, 1.0])
+        done = take(first, stop)
+        resumed = kto_stream(tiny_tokenizer, tmp_path, {"many": 40, "few": 6}, [6.0, 1.0])
+        resumed.load_state_dict(first.state_dict())
+        assert done + take(resumed, 12 - stop) == whole, stop
+
+
+def test_a_kto_stream_whose_last_chunk_would_hold_one_row_joins_it_to_the_chunk_before(tiny_tokenizer, tmp_path):
+    """15 rows in chunks of 7: the third chunk would be one row, which KTO cannot pair."""
+    loader = kto_stream(tiny_tokenizer, tmp_path, {"data": 15}, [1.0], batch_size=5)
+    epoch = take(loader, 3)
+    assert sorted(text.split("?")[0] for batch in epoch for text in batch) == sorted(f"data {i}" for i in range(15))
+    assert take(loader, 4)[3] == epoch[0]  # the next epoch starts again from the first row
