@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from rlhf_lab.data.sources import Source
 from rlhf_lab.data.table import Pipeline, encode_entries
+from rlhf_lab.errors import DataError
 
 CHUNK_ROWS = 256  # rows drawn, then tokenised together; a resume tokenises at most this many again
 
@@ -38,7 +39,7 @@ class Position:
     draws: int = 0  # rows drawn this epoch before the current chunk
     rows: list[int] = field(default_factory=list)  # rows read from each source this epoch before the current chunk
     used: int = 0  # features of the current chunk already in batches
-    counts: dict[str, int] = field(default_factory=lambda: dict(rows_read=0, dropped_invalid=0, dropped_too_long=0, truncated=0))
+    counts: dict[str, int] = field(default_factory=lambda: dict(rows_read=0, dropped_invalid=0, dropped_too_long=0, truncated=0, held_out=0))
 
 
 class RowReader:
@@ -60,11 +61,14 @@ class RowReader:
 
 class FeatureStream(torch.utils.data.IterableDataset):
     """This rank's batches, collated, each with ``batch["stream"]``: the position after it and the
-    counts of what was read (rows, invalid rows dropped, rows too long, sequences truncated)."""
+    counts of what was read (rows, invalid rows dropped, rows too long, sequences truncated, rows
+    of held-out tasks). ``skip``: each source's first rows, never trained on (the validation head);
+    ``holdout``: tasks whose rows are read and left out."""
 
     def __init__(self, sources: list[Source], pipelines: list[Pipeline], weights: list[float], size: int | None, batch_size: int,
-                 collate: Callable, seed: int, shuffle: bool, buffer: int):
+                 collate: Callable, seed: int, shuffle: bool, buffer: int, skip: list[int] | None = None, holdout: frozenset[str] = frozenset()):
         self.sources, self.pipelines = sources, pipelines
+        self.skip, self.holdout = skip or [0] * len(sources), holdout
         self.weights = np.asarray(weights, dtype=float) / sum(weights)
         self.size, self.batch_size, self.collate = size, batch_size, collate
         self.seed, self.shuffle, self.buffer = seed, shuffle, buffer
@@ -81,7 +85,7 @@ class FeatureStream(torch.utils.data.IterableDataset):
         """(position at the chunk's start, its features in draw order, counts to its end), to the end of the epoch."""
         epoch = start.epoch
         order = (lambda s: (self.seed + s, epoch, self.buffer)) if self.shuffle else (lambda s: None)
-        readers = [RowReader(src.batches(CHUNK_ROWS, start=start.rows[s], shuffle=order(s))) for s, src in enumerate(self.sources)]
+        readers = [RowReader(src.batches(CHUNK_ROWS, start=start.rows[s], shuffle=order(s), skip=self.skip[s])) for s, src in enumerate(self.sources)]
         draws = self._draws(epoch)
         for _ in range(start.draws):
             next(draws)
@@ -136,10 +140,13 @@ class FeatureStream(torch.utils.data.IterableDataset):
         for s, got in picked:
             per_source[s].append(got)
         prepared = [iter(pipe.prepare(*zip(*rows)) if rows else ()) for pipe, rows in zip(self.pipelines, per_source)]
-        entries = encode_entries(self.pipelines[0].encode, self.pipelines[0].encoder, [next(prepared[s]) for s, _ in picked])
+        rows = [next(prepared[s]) for s, _ in picked]
+        kept = [(row, problem) for row, problem in rows if problem is not None or row["task"] not in self.holdout]
+        entries = encode_entries(self.pipelines[0].encode, self.pipelines[0].encoder, kept)
         features, counts = [], dict(counts)
+        counts["rows_read"] += len(rows)
+        counts["held_out"] = counts.get("held_out", 0) + len(rows) - len(kept)
         for entry in entries:
-            counts["rows_read"] += 1
             if entry.note and entry.note.startswith("invalid: "):
                 counts["dropped_invalid"] += 1
             counts["dropped_too_long"] += entry.note == "dropped"
@@ -159,6 +166,10 @@ class FeatureStream(torch.utils.data.IterableDataset):
         start, width = self.position, self.batch_size * self.world_size
         features = self._features(start)
         ahead = next(features, None)
+        if ahead is None and start.draws == 0:
+            read = self._end.counts["rows_read"] - start.counts["rows_read"]
+            raise DataError(f"the stream has no training rows: each of the {read} row(s) read in an epoch was invalid, too long or of a "
+                            f"held-out task (data.holdout_tasks), besides the first {sum(self.skip)} taken for validation (data.val_rows).")
         while ahead is not None:
             batch = []
             while ahead is not None and len(batch) < width:

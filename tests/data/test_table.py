@@ -176,3 +176,9 @@ def test_a_batch_of_invalid_rows_only_is_not_tokenised(build, tmp_path, monkeypa
     rows[2] = rows[3] = {"prompt": "no completion", "label": True}
     data = build(write_jsonl(tmp_path / "kto.jsonl", rows), encode=KTO.encode, fmt="unpaired", invalid_rows="drop", val_fraction=0)
     assert data.stats["dropped_invalid"] == 2 and data.stats["train_rows"] == 4
+
+
+def test_val_rows_holds_out_that_many_rows_instead_of_val_fraction(build, tmp_path):
+    data = build(write_jsonl(tmp_path / "train.jsonl", ROWS), val_fraction=0.5, val_rows=7)
+    assert (data.stats["train_rows"], data.stats["val_rows"]) == (33, 7)
+    assert build(write_jsonl(tmp_path / "train.jsonl", ROWS), val_rows=0).stats["val_rows"] == 0
