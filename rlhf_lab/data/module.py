@@ -21,8 +21,8 @@ from rlhf_lab.data.collate import Collator
 from rlhf_lab.data.sampling import RankSampler, ResumableLoader
 from rlhf_lab.data.sources import Source, open_source
 from rlhf_lab.data.stream import FeatureStream, StreamLoader
-from rlhf_lab.data.table import (BATCH_ROWS, SCHEMA, FeatureSet, Pipeline, SourceTable, cache_root, column, no_lone_tail, read_notes, record_batch,
-                                 table_key, tokenised)
+from rlhf_lab.data.table import (BATCH_ROWS, SCHEMA, FeatureSet, Pipeline, SourceTable, cache_root, column, no_lone_tail, read_notes,
+                                 record_batch, table_key, tokenised)
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, DataError
 

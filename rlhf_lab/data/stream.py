@@ -5,8 +5,8 @@ Order: each epoch every source is read in a seeded order (``data.shuffle``: a bu
 ``data.shuffle_buffer`` rows shuffled as it fills) and, in a mixture, each next row's source is
 drawn by weight from a seeded generator. Rows go through the tables' pipeline (``data/table.py``)
 ``CHUNK_ROWS`` at a time, a chunk's rows of every source tokenised together (an epoch's single
-last row joins the chunk before: KTO pairs rows within what it tokenises); the features are cut into global batches of batch_size x world_size, of
-which rank r takes every W-th feature (as ``RankSampler`` does), so that N processes train on
+last row joins the chunk before: KTO pairs rows within what it tokenises); the features are cut
+into global batches of batch_size x world_size, of which rank r takes every W-th feature (as ``RankSampler`` does), so that N processes train on
 exactly the batches of one. Every rank reads the whole stream: all of them agree on where it ends
 (a rank that ran out first would leave the others waiting).
 
@@ -39,7 +39,8 @@ class Position:
     draws: int = 0  # rows drawn this epoch before the current chunk
     rows: list[int] = field(default_factory=list)  # rows read from each source this epoch before the current chunk
     used: int = 0  # features of the current chunk already in batches
-    counts: dict[str, int] = field(default_factory=lambda: dict(rows_read=0, dropped_invalid=0, dropped_too_long=0, truncated=0, held_out=0))
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict(rows_read=0, dropped_invalid=0, dropped_too_long=0, truncated=0, held_out=0))
 
 
 class RowReader:
@@ -66,7 +67,8 @@ class FeatureStream(torch.utils.data.IterableDataset):
     ``holdout``: tasks whose rows are read and left out."""
 
     def __init__(self, sources: list[Source], pipelines: list[Pipeline], weights: list[float], size: int | None, batch_size: int,
-                 collate: Callable, seed: int, shuffle: bool, buffer: int, skip: list[int] | None = None, holdout: frozenset[str] = frozenset()):
+                 collate: Callable, seed: int, shuffle: bool, buffer: int, skip: list[int] | None = None,
+                 holdout: frozenset[str] = frozenset()):
         self.sources, self.pipelines = sources, pipelines
         self.skip, self.holdout = skip or [0] * len(sources), holdout
         self.weights = np.asarray(weights, dtype=float) / sum(weights)
@@ -85,7 +87,8 @@ class FeatureStream(torch.utils.data.IterableDataset):
         """(position at the chunk's start, its features in draw order, counts to its end), to the end of the epoch."""
         epoch = start.epoch
         order = (lambda s: (self.seed + s, epoch, self.buffer)) if self.shuffle else (lambda s: None)
-        readers = [RowReader(src.batches(CHUNK_ROWS, start=start.rows[s], shuffle=order(s), skip=self.skip[s])) for s, src in enumerate(self.sources)]
+        readers = [RowReader(src.batches(CHUNK_ROWS, start=start.rows[s], shuffle=order(s), skip=self.skip[s]))
+                   for s, src in enumerate(self.sources)]
         draws = self._draws(epoch)
         for _ in range(start.draws):
             next(draws)

@@ -145,8 +145,8 @@ def test_a_kto_stream_whose_last_chunk_would_hold_one_row_joins_it_to_the_chunk_
 
 def streaming_data(tiny_tokenizer, tmp_path, **data) -> DataModule:
     """A streaming SFT DataModule whose training batches are the file rows of their features."""
-    module = DataModule(DataConfig(**{"streaming": True, "batch_size": 4, "shuffle_buffer": 8, "table_cache_dir": str(tmp_path / "tables"), **data}),
-                        "sft", SFT.encode, Encoder(tiny_tokenizer, 64, "never"), {}, seed=0)
+    cfg = DataConfig(**{"streaming": True, "batch_size": 4, "shuffle_buffer": 8, "table_cache_dir": str(tmp_path / "tables"), **data})
+    module = DataModule(cfg, "sft", SFT.encode, Encoder(tiny_tokenizer, 64, "never"), {}, seed=0)
     module.stream.collate = lambda features: {"texts": [f["sequences"][0].row["_row"] for f in features]}
     return module
 
