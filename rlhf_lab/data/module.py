@@ -171,6 +171,9 @@ class DataModule(L.LightningDataModule):
         cfg = self.cfg
         if cfg.num_workers > 1:
             raise ConfigError(f"data.streaming reads one stream in order: data.num_workers must be 0 or 1, got {cfg.num_workers}.")
+        if cfg.group_by_length:
+            raise ConfigError("data.group_by_length sorts a table's rows by length before batching, which a stream (data.streaming=true) "
+                              "cannot: it batches rows as it reads them; set data.group_by_length=false.")
         opened = [open_source(name, src, self.fmt, self.loaders, cfg.cache_dir) for name, src in sources.items()]
         pipelines = [Pipeline(name, src, s.where, self.fmt, self.encoder, self.encode, cfg.invalid_rows == "error")
                      for (name, src), s in zip(sources.items(), opened)]

@@ -204,3 +204,13 @@ def test_a_streaming_dpo_run_scores_its_reference_live_and_validates_on_the_head
                                  "data.batch_size=4", "trainer.max_steps=2", "export=false")
     assert [r.message for r in caplog.records if "objective.reference=live" in r.message] != []
     assert summary["global_step"] == 2 and summary["data/val_rows"] == 4 and "val/loss" in summary
+
+
+@pytest.mark.parametrize("option,message", [
+    ({"group_by_length": True}, r"data.group_by_length sorts a table's rows .* set data.group_by_length=false"),
+    ({"num_workers": 2}, r"data.num_workers must be 0 or 1, got 2"),
+])  # fmt: skip
+def test_what_a_stream_cannot_do_is_a_config_error_naming_the_key(tiny_tokenizer, tmp_path, option, message):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "p", "completion": "x"}] * 4)
+    with pytest.raises(ConfigError, match=message):
+        streaming_data(tiny_tokenizer, tmp_path, path=str(path), **option)
