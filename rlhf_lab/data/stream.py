@@ -6,9 +6,10 @@ Order: each epoch every source is read in a seeded order (``data.shuffle``: a bu
 drawn by weight from a seeded generator. Rows go through the tables' pipeline (``data/table.py``)
 ``CHUNK_ROWS`` at a time, a chunk's rows of every source tokenised together (an epoch's single
 last row joins the chunk before: KTO pairs rows within what it tokenises); the features are cut
-into global batches of batch_size x world_size, of which rank r takes every W-th feature (as ``RankSampler`` does), so that N processes train on
-exactly the batches of one. Every rank reads the whole stream: all of them agree on where it ends
-(a rank that ran out first would leave the others waiting).
+into global batches of batch_size x world_size, of which rank r takes every W-th feature (as
+``RankSampler`` does), so that N processes train on exactly the batches of one. Every rank reads
+the whole stream: all of them agree on where it ends (a rank that ran out first would leave the
+others waiting). Validation rows (the head of each source) and held-out tasks: ``data/module.py``.
 
 Exact resume: a position is the epoch, the rows drawn and read from each source before the chunk
 that holds the next feature, and how many of that chunk's features are already in batches. Every
