@@ -101,6 +101,10 @@ def train(cfg: DictConfig, host: PluginHost, run_dir: Path, started: float, fing
         resume.check(fingerprint, cfg.resume_allow_changes)
 
     objective = host.registry.get("objective", cfg.objective.name)
+    if cfg.data.streaming and cfg.objective.get("reference") == "precompute":  # as TRL, which precomputes only over a whole dataset
+        log.info("objective.reference=live: a stream (data.streaming=true) is scored by the reference batch by batch; "
+                 "precomputing needs a pass over the data before training")
+        cfg.objective.reference = "live"
     tokenizer = load_tokenizer(cfg.model)
     encoder = Encoder(tokenizer, fit_to_context(cfg.data.max_length, cfg.model), cfg.data.chat_template, cfg.data.on_overflow)
     loaders = {name: entry.create for name, entry in host.registry.entries["dataset"].items()}

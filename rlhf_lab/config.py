@@ -155,6 +155,9 @@ class DataConfig(SourceConfig):
     mixture_size: Optional[int] = None  # rows drawn from a mixture by weight; None: the sum of the sources' sizes
     val_path: Optional[str] = None  # a separate validation file
     val_fraction: float = 0.05  # share of training rows held out for validation when there is no val_path
+    # validation rows instead of val_fraction: a table draws this many at random; a stream (streaming=true) takes each
+    # source's first rows (split by weight) and never trains on them. None: val_fraction (a stream: of mixture_size, if set)
+    val_rows: Optional[int] = None
     holdout_tasks: List[str] = field(default_factory=list)  # whole tasks kept out of training (evaluate on unseen tasks)
     batch_size: int = 8
     eval_batch_size: Optional[int] = None  # None: batch_size
@@ -417,6 +420,7 @@ def validate(cfg: DictConfig) -> None:
     _require(o.grad_clip is None or (_finite(o.grad_clip) and o.grad_clip > 0), "optim.grad_clip", o.grad_clip,
              "must be a positive finite number, or null for no clipping")
     _require(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
+    _require(d.val_rows is None or d.val_rows >= 0, "data.val_rows", d.val_rows, "must be >= 0, or null for data.val_fraction")
     if cfg.pipeline is not None:
         _require(cfg.pipeline.jobs >= 1, "pipeline.jobs", cfg.pipeline.jobs, "must be at least 1")
     timeout = cfg.reward.get("timeout_s") if cfg.reward is not None else None

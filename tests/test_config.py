@@ -192,6 +192,7 @@ def test_readme_mixture_preset_is_a_data_option(tmp_path):
     (["optim.lr=nan"], "optim.lr=nan: must be a finite number >= 0"),  # 0 is a frozen run (tests/objectives/test_dpo.py)
     (["optim.lr=-1e-3"], "optim.lr=-0.001: must be a finite number >= 0"),
     (["optim.grad_clip=0"], "optim.grad_clip=0.0: must be a positive finite number, or null"),
+    (["data.val_rows=-1"], "data.val_rows=-1: must be >= 0, or null for data.val_fraction"),
     (["data=jsonl"], "data.path is not set: data.loader=file reads a file (add data.path=FILE)"),
     (["objective=grpo", "reward=python"], "reward.fn must be set: it has no default"),
     (["objective=grpo", "reward=verifiable", "reward.timeout_s=0"], "reward.timeout_s=0.0: must be positive, or null"),

@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader
 from rlhf_lab.config import DataConfig, SourceConfig
 from rlhf_lab.data.collate import Collator
 from rlhf_lab.data.sampling import RankSampler, ResumableLoader
-from rlhf_lab.data.sources import open_source
+from rlhf_lab.data.sources import Source, open_source
 from rlhf_lab.data.stream import FeatureStream, StreamLoader
-from rlhf_lab.data.table import FeatureSet, Pipeline, SourceTable, cache_root, column, read_notes, table_key, tokenised
+from rlhf_lab.data.table import (BATCH_ROWS, SCHEMA, FeatureSet, Pipeline, SourceTable, cache_root, column, no_lone_tail, read_notes,
+                                 record_batch, table_key, tokenised)
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, DataError
 
@@ -42,9 +43,20 @@ def mix(per_source: list[np.ndarray], weights: list[float], size: int | None, se
     return out
 
 
+def head_rows(cfg: DataConfig) -> int | None:
+    """The rows a stream takes from its head for validation: ``val_rows``, or ``val_fraction`` of
+    ``mixture_size``; None when neither sizes it (a stream's length is not known before it ends)."""
+    if cfg.val_rows is not None:
+        return cfg.val_rows
+    if cfg.val_fraction <= 0:
+        return 0
+    return max(1, round(cfg.val_fraction * cfg.mixture_size)) if cfg.mixture_size else None
+
+
 def split(table: datasets.Dataset, indices: np.ndarray, offsets: np.ndarray, cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) positions. Held-out tasks go wholly to validation; otherwise a seeded
-    ``val_fraction`` of the rows does, each with all its features (a ranking's pairs stay together)."""
+    ``val_fraction`` of the rows (or ``val_rows`` rows) does, each with all its features (a
+    ranking's pairs stay together)."""
     if cfg.holdout_tasks:
         tasks = column(table, "task").take(pa.array(indices))
         unknown = set(cfg.holdout_tasks) - set(pc.unique(tasks).to_pylist())
@@ -52,13 +64,14 @@ def split(table: datasets.Dataset, indices: np.ndarray, offsets: np.ndarray, cfg
             raise DataError(f"data.holdout_tasks names task(s) not in the data: {sorted(unknown)}.")
         held = pc.is_in(tasks, value_set=pa.array(list(cfg.holdout_tasks))).to_numpy(zero_copy_only=False)
         return indices[~held], indices[held]
-    if cfg.val_fraction <= 0:
+    if cfg.val_fraction <= 0 if cfg.val_rows is None else cfg.val_rows == 0:
         return indices, indices[:0]
     source = np.searchsorted(offsets, indices, side="right") - 1
     groups = (source << 40) | column(table, "row").to_numpy()[indices]
     unique, inverse = np.unique(groups, return_inverse=True)
     is_val = np.zeros(len(unique), dtype=bool)
-    is_val[np.random.default_rng(seed).permutation(len(unique))[: max(1, int(len(unique) * cfg.val_fraction))]] = True
+    n_val = cfg.val_rows if cfg.val_rows is not None else max(1, int(len(unique) * cfg.val_fraction))
+    is_val[np.random.default_rng(seed).permutation(len(unique))[:n_val]] = True
     return indices[~is_val[inverse]], indices[is_val[inverse]]
 
 
@@ -150,27 +163,63 @@ class DataModule(L.LightningDataModule):
     # --- streaming ---------------------------------------------------------------------------------
 
     def _stream(self, sources: dict[str, SourceConfig]) -> None:
+        """A stream for training; validation from its head: each source's first rows (``head_rows``,
+        split by weight, read in file order whatever ``data.shuffle``), tokenised in memory, which
+        training then skips, as ``take`` / ``skip`` over an HF IterableDataset would. With
+        ``holdout_tasks`` the rows of those tasks are left out of training as they stream, and
+        validation is the held-out rows among the head (which is not skipped). ``val_path``'s rows
+        validate too."""
         cfg = self.cfg
-        if cfg.holdout_tasks:
-            raise ConfigError("data.holdout_tasks needs a table (it splits the data before training): set data.streaming=false, "
-                              "or give the held-out rows as data.val_path.")
         if cfg.num_workers > 1:
             raise ConfigError(f"data.streaming reads one stream in order: data.num_workers must be 0 or 1, got {cfg.num_workers}.")
+        if cfg.group_by_length:
+            raise ConfigError("data.group_by_length sorts a table's rows by length before batching, which a stream (data.streaming=true) "
+                              "cannot: it batches rows as it reads them; set data.group_by_length=false.")
         opened = [open_source(name, src, self.fmt, self.loaders, cfg.cache_dir) for name, src in sources.items()]
         pipelines = [Pipeline(name, src, s.where, self.fmt, self.encoder, self.encode, cfg.invalid_rows == "error")
                      for (name, src), s in zip(sources.items(), opened)]
-        self.stream = FeatureStream(opened, pipelines, [s.weight for s in sources.values()], cfg.mixture_size, cfg.batch_size,
-                                    self.collate, self.seed, cfg.shuffle, cfg.shuffle_buffer)
-        self.train_features = None
+        weights = [s.weight for s in sources.values()]
+        total = head_rows(cfg)
+        if total is None:
+            if cfg.holdout_tasks:
+                raise ConfigError("data.holdout_tasks with data.streaming=true validates on the held-out rows among the stream's "
+                                  "first data.val_rows rows: set data.val_rows=N (0: leave the tasks out of training, no validation).")
+            log.info("data.streaming: a stream's length is unknown, so data.val_fraction sizes no validation set; "
+                     "data.val_rows=N validates on the first N rows (never trained on).")
+            total = 0
+        heads = [round(total * w / sum(weights)) for w in weights]
+        parts = [self._head(source, pipeline, n) for source, pipeline, n in zip(opened, pipelines, heads) if n]
+        from_head = len(parts)
         if cfg.val_path:
             table = self._table("val", SourceConfig(path=cfg.val_path))
-            notes = read_notes(table, self.fmt, cfg.invalid_rows)
-            self.val_features = FeatureSet(table.dataset, notes.features, table.key)
-        else:
-            self.val_features = []
-            if cfg.val_fraction > 0:
-                log.info("data.streaming: a stream is not split for validation (data.val_fraction applies to tables); "
-                         "give data.val_path to validate.")
+            parts.append((table.dataset, read_notes(table, self.fmt, cfg.invalid_rows).features))
+        holdout = frozenset(cfg.holdout_tasks)
+        self.stream = FeatureStream(opened, pipelines, weights, cfg.mixture_size, cfg.batch_size, self.collate, self.seed, cfg.shuffle,
+                                    cfg.shuffle_buffer, skip=None if holdout else heads, holdout=holdout)
+        self.train_features = None
+        self.val_features = []
+        if parts:
+            whole = datasets.concatenate_datasets([table for table, _ in parts]) if len(parts) > 1 else parts[0][0]
+            offsets = np.cumsum([0] + [len(table) for table, _ in parts])
+            val = [offsets[i] + features for i, (_, features) in enumerate(parts)]
+            if holdout and from_head:  # the head's rows of held-out tasks (data.val_path's rows all validate, as with tables)
+                head = np.concatenate(val[:from_head])
+                tasks = column(whole, "task").take(pa.array(head))
+                unknown = holdout - set(pc.unique(tasks).to_pylist())
+                if unknown:
+                    raise DataError(f"data.holdout_tasks names task(s) not in the stream's first {total} rows, where its validation "
+                                    f"rows are taken: {sorted(unknown)}; check the names, or raise data.val_rows.")
+                held = pc.is_in(tasks, value_set=pa.array(sorted(holdout))).to_numpy(zero_copy_only=False)
+                val = [head[held], *val[from_head:]]
+            self.val_features = FeatureSet(whole, np.concatenate(val), "stream head")
+        self.stats["val_rows"] = len(self.val_features)
+
+    def _head(self, source: Source, pipeline: Pipeline, n: int) -> tuple[datasets.Dataset, np.ndarray]:
+        """The source's first ``n`` rows as a tokenised table in memory (not cached: a cache key
+        would read the whole source) and the positions of its features."""
+        batches = no_lone_tail(source.batches(BATCH_ROWS, head=n))
+        table = datasets.Dataset(pa.Table.from_batches([record_batch(pipeline(*batch)) for batch in batches], schema=SCHEMA))
+        return table, read_notes(SourceTable(source, table, "", False), self.fmt, self.cfg.invalid_rows).features
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """The stream's position after the batch training is about to take: what a checkpoint keeps."""

@@ -303,14 +303,16 @@ class Source:
         except Exception as exc:
             raise DataError(f"could not load {self.where}: {type(exc).__name__}: {exc}") from exc
 
-    def batches(self, batch_size: int, start: int = 0, shuffle: tuple[int, int, int] | None = None) -> Iterator[tuple[list[int], list[dict]]]:
+    def batches(self, batch_size: int, start: int = 0, shuffle: tuple[int, int, int] | None = None,
+                skip: int = 0, head: int | None = None) -> Iterator[tuple[list[int], list[dict]]]:
         """(row numbers, rows), ``batch_size`` rows at a time, from position ``start`` of the
-        (first ``cfg.limit`` rows of the) source. ``shuffle=(seed, epoch, buffer_size)`` reads it in
-        a seeded order: a buffer of rows shuffled as it fills (a list: all of it)."""
+        (first ``cfg.limit`` rows of the) source: its first ``head`` rows only, or all but its first
+        ``skip`` (a stream's validation head, and the rest). ``shuffle=(seed, epoch, buffer_size)``
+        reads it in a seeded order: a buffer of rows shuffled as it fills (a list: all of it)."""
         stream = self._stream()
-        limit = self.cfg.limit
+        limit = min((n for n in (self.cfg.limit, head) if n is not None), default=None)
         if isinstance(stream, list):
-            order = np.arange(len(stream) if limit is None else min(limit, len(stream)))
+            order = np.arange(skip, len(stream) if limit is None else min(limit, len(stream)))
             if shuffle is not None:
                 order = np.random.default_rng([shuffle[0], shuffle[1]]).permutation(order)
             for at in range(start, len(order), batch_size):
@@ -320,6 +322,8 @@ class Source:
         if limit is not None:
             stream = stream.take(limit)
         stream = stream.map(lambda row, i: {"_rowno": i + 1}, with_indices=True)
+        if skip:
+            stream = stream.skip(skip)
         if shuffle is not None:
             stream = stream.shuffle(seed=shuffle[0], buffer_size=shuffle[2])
             stream.set_epoch(shuffle[1])
@@ -337,7 +341,7 @@ class Source:
         except Exception as exc:
             self._locate_problem()
             raise DataError(f"{self.where}: could not be read: {type(exc).__name__}: {exc}") from exc
-        if not read and not start:  # a file of blank lines reads as no rows: say so
+        if not read and not start and not skip:  # a file of blank lines reads as no rows: say so
             self._locate_problem()
 
     def _locate_problem(self) -> None:

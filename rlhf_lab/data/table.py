@@ -111,22 +111,32 @@ class Pipeline:
     encode: Callable
     stop_at_invalid: bool = False
 
-    def __call__(self, rownos: list[int], raw: list[dict]) -> list[Entry]:
+    def prepare(self, rownos: list[int], raw: list[dict]) -> list[tuple[dict, str | None]]:
+        """Each row converted to the canonical fields, with why it is invalid (or None)."""
         chat = self.encoder.use_chat
         rows = [canonical(row, self.src, self.name, self.where, n, self.fmt, chat) for n, row in zip(rownos, raw)]
         problems = [row_problem(row, self.fmt) for row in rows]
         if self.stop_at_invalid and (bad := next((i for i, p in enumerate(problems) if p is not None), None)) is not None:
             raise invalid_row(self.where, rows[bad]["_row"], problems[bad])
-        valid = [row for row, problem in zip(rows, problems) if problem is None]
-        features = iter(encode_by_row(self.encode, self.encoder, valid))
-        entries = []
-        for row, problem in zip(rows, problems):
-            if problem is not None:
-                entries.append(Entry(row["_row"], row["task"], [], f"invalid: {problem}"))
-            else:
-                mine = next(features)
-                entries.append(Entry(row["_row"], row["task"], mine, None if mine else "dropped"))
-        return entries
+        return list(zip(rows, problems))
+
+    def __call__(self, rownos: list[int], raw: list[dict]) -> list[Entry]:
+        return encode_entries(self.encode, self.encoder, self.prepare(rownos, raw))
+
+
+def encode_entries(encode: Callable, encoder: Encoder, prepared: list[tuple[dict, str | None]]) -> list[Entry]:
+    """Prepared rows (``Pipeline.prepare``, of one source or several) -> entries; the valid rows
+    are tokenised in one ``encode`` call, so an ``encode`` that pairs rows (KTO) pairs among all of them."""
+    valid = [row for row, problem in prepared if problem is None]
+    features = iter(encode_by_row(encode, encoder, valid) if valid else ())
+    entries = []
+    for row, problem in prepared:
+        if problem is not None:
+            entries.append(Entry(row["_row"], row["task"], [], f"invalid: {problem}"))
+        else:
+            mine = next(features)
+            entries.append(Entry(row["_row"], row["task"], mine, None if mine else "dropped"))
+    return entries
 
 
 def _nested(features: list[dict], key: str) -> pa.Array:

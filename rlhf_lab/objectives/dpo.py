@@ -9,8 +9,9 @@ picks the variant from ``losses.PREFERENCE_LOSSES`` (sigmoid, ipo, cdpo, hinge, 
 The reference pi_ref is the initial policy, frozen. ``objective.reference=precompute`` (default)
 scores train and validation data with it once before training and caches the result on disk,
 keyed by the model config and the tokenised data, so a re-run or a sweep over ``beta`` loads it;
-``live`` scores each batch with it during training (and is what a stream, ``data.streaming=true``, allows). With LoRA the reference is the policy with its
-adapters disabled: no second copy of the model is ever built.
+``live`` scores each batch with it during training (a stream, ``data.streaming=true``, switches to
+it: ``app.train``). With LoRA the reference is the policy with its adapters disabled: no second
+copy of the model is ever built.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ weights 1), z0 from the policy and reference log-probs of mismatched pairs under
 averaged over all processes, then clamped at 0; the batch loss is the mean over rows. One deliberate
 difference: TRL pairs each prompt with the previous row's completion within consecutive chunks of
 the dataset and therefore requires sequential (unshuffled) sampling; here the partner is the
-previous row in a fixed random order of the whole split, so the mismatched completions of a batch
+previous row in a fixed random order of the rows tokenised together (1,000 rows of a table, a
+stream's chunk of 256 from all its sources), so the mismatched completions of a batch
 are random completions of the data rather than the batch's own (the same expectation), batches
 stay shuffled, and the reference log-probs of both sequences are computed once and cached.
 """

@@ -44,11 +44,11 @@ class HeldOutRewardStop(L.Callback):
         self.best, self.bad = state["best"], state["bad"]
 
     def on_train_start(self, trainer, pl_module) -> None:
-        val = trainer.datamodule.val_features  # None for a stream
-        prompts = [extra["row"]["prompt"] for extra in val.extras()] if val is not None else []
+        val = trainer.datamodule.val_features  # [] when there is no validation data
+        prompts = [extra["row"]["prompt"] for extra in val.extras()] if len(val) else []
         if not prompts:
-            raise ConfigError("HeldOutRewardStop scores the policy on validation prompts: set data.val_fraction > 0 or data.val_path "
-                              "(with data.streaming=false).")
+            raise ConfigError("HeldOutRewardStop scores the policy on validation prompts: set data.val_fraction > 0, data.val_rows "
+                              "or data.val_path.")
         self.prompt_ids = Encoder(pl_module.tokenizer, trainer.datamodule.cfg.max_length).prompt_ids(prompts)
         self.prompts = prompts
         self.scorer = RewardModelScorer(ModelRewardConfig(path=self.path)).to(pl_module.device)

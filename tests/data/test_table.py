@@ -15,10 +15,12 @@ import pytest
 
 from rlhf_lab.config import DataConfig, ModelConfig
 from rlhf_lab.data.module import DataModule
+from rlhf_lab.data import table as table_module
 from rlhf_lab.data.table import column
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import DataError
 from rlhf_lab.models import load_tokenizer
+from rlhf_lab.objectives.kto import KTO
 from rlhf_lab.objectives.sft import SFT
 from tests.conftest import write_jsonl
 
@@ -164,3 +166,19 @@ def test_a_second_process_waits_for_the_first_and_reads_its_table(build, tmp_pat
     first.join()
     assert calls == [40]  # tokenised once
     assert (built["first"].stats["tables_cached"], second.stats["tables_cached"]) == (0, 1) and len(build.tables()) == 1
+
+
+def test_a_batch_of_invalid_rows_only_is_not_tokenised(build, tmp_path, monkeypatch):
+    """With data.invalid_rows=drop, a batch whose rows are all invalid gives no features and never
+    reaches ``encode`` (KTO's raised 'needs at least 2 rows; got 0')."""
+    monkeypatch.setattr(table_module, "BATCH_ROWS", 2)
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}", "label": i % 2 == 0} for i in range(6)]
+    rows[2] = rows[3] = {"prompt": "no completion", "label": True}
+    data = build(write_jsonl(tmp_path / "kto.jsonl", rows), encode=KTO.encode, fmt="unpaired", invalid_rows="drop", val_fraction=0)
+    assert data.stats["dropped_invalid"] == 2 and data.stats["train_rows"] == 4
+
+
+def test_val_rows_holds_out_that_many_rows_instead_of_val_fraction(build, tmp_path):
+    data = build(write_jsonl(tmp_path / "train.jsonl", ROWS), val_fraction=0.5, val_rows=7)
+    assert (data.stats["train_rows"], data.stats["val_rows"]) == (33, 7)
+    assert build(write_jsonl(tmp_path / "train.jsonl", ROWS), val_rows=0).stats["val_rows"] == 0
