@@ -224,7 +224,8 @@ def command() -> None:
     exit handlers run (W&B's, logging's, plugins') and the process ends without tearing down its
     modules: with torch, transformers and Lightning loaded that takes ~1.4 s of CPU, paid by every run
     and every pipeline stage, and does nothing a finished run needs. It ends as usual after any other
-    exception than ``SystemExit``, or while a thread that is not a daemon still runs."""
+    exception than ``SystemExit``, while a thread that is not a daemon still runs, or under a
+    profiler, tracer or debugger."""
     try:
         main()
         code = 0
@@ -232,7 +233,8 @@ def command() -> None:
         if not isinstance(exc.code, (int, type(None))):  # sys.exit("message"): Python prints it
             raise
         code = exc.code or 0
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    profiled = sys.getprofile() is not None or sys.gettrace() is not None  # cProfile, coverage, a debugger: they write at exit
+    if profiled or any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
     atexit._run_exitfuncs()  # what the interpreter runs at exit, before its teardown
     sys.stdout.flush()

@@ -95,6 +95,19 @@ def test_the_collator_packs_only_when_it_saves_rows():
     assert collate([seq(n) for n in (6, 5, 4)])["attention_mask"].shape == (3, 6)  # a row each: padded
 
 
+def test_whether_packing_can_save_a_row_is_known_from_the_two_shortest_lengths():
+    """The check that spares packing's Python pass where it would pad anyway (issue 18: a PPO rollout
+    of the world, every sequence 20-34 tokens, paid it at every pass and ran 1.2-1.4x slower)."""
+    default, wide, one_row = (Collator(0, True, width) for width in (None, 12, 0))
+    assert default.can_pack([6, 3, 2]) and not default.can_pack([6, 5, 4])  # 2 + 3 <= 6 < 4 + 5
+    assert not default.can_pack([7, 7]) and wide.can_pack([6, 5, 4])  # a wider row holds 4 + 5
+    assert one_row.can_pack([7, 7]) and not one_row.can_pack([7])  # width 0: everything in one row
+    assert not Collator(0, False).can_pack([6, 3, 2])  # padded by configuration
+    for lengths in ([6, 3, 2], [6, 5, 4], [7, 7], [9, 1, 8, 2]):  # where it says no, packing pads
+        seqs = [{"sequences": [{"input_ids": [1] * n, "labels": [1] * n}]} for n in lengths]
+        assert default.can_pack(lengths) == (len(packed_collate(seqs)["input_ids"]) < len(lengths))
+
+
 def test_pairs_are_laid_out_chosen_then_rejected(tiny_tokenizer):
     rows = [{"prompt": "p1", "chosen": "a", "rejected": "b"}, {"prompt": "p2", "chosen": "c", "rejected": "d"}]
     batch = pad_collate(Encoder(tiny_tokenizer, 64).preference(rows), tiny_tokenizer.pad_token_id)
