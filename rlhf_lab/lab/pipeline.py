@@ -105,12 +105,10 @@ def wait_for_turn() -> None:
     if turn.strip() != "go":
         sys.exit(0)
     sys.stdin = open(os.devnull)
-    loader.join()  # its turn: the stage before has ended, and the cores are free
+    loader.join()  # its turn: the core of the stage it follows is free for the rest of the imports
 
 
-def start(command: list[str], env: dict | None, standby: bool) -> subprocess.Popen:
-    if not standby:
-        return subprocess.Popen(command, env=env)
+def start_on_standby(command: list[str], env: dict | None) -> subprocess.Popen:
     return subprocess.Popen(command, env={**(env or os.environ), STANDBY_ENV: "1"}, stdin=subprocess.PIPE, text=True)
 
 
@@ -153,14 +151,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
                     running[name] = standby.pop(name)
                     go(running[name])
                 else:
-                    running[name] = start(command, env, standby=False)
+                    running[name] = subprocess.Popen(command, env=env)
                 pending.remove(name)
             if not running:
                 if failed:
                     break
                 raise StageFailed(f"pipeline {cfg.pipeline.name}: stages {pending} read stages that never run: {sorted(set().union(*(reads(cfg, n) for n in pending)) - done)}.")
             for name in [n for n in pending if n not in standby][: jobs - len(standby)] if not failed else []:
-                standby[name] = start(stage_command(cfg, run_dir, name, group, cli_overrides), env, standby=True)
+                standby[name] = start_on_standby(stage_command(cfg, run_dir, name, group, cli_overrides), env)
             finished = [name for name, process in running.items() if process.poll() is not None]
             for name in finished:
                 (done.add if running.pop(name).returncode == 0 else failed.append)(name)

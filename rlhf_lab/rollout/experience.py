@@ -100,12 +100,12 @@ def _padding_free(input_ids: Tensor, attention_mask: Tensor, width: int, packing
     tokens labelled; with ``where`` (B, T - 1), the positions that predict a completion token, and
     ``at`` (M,), the flat index into (N, C = width) of each of them, in the order ``[where]`` reads
     them. None without a collator or where packing saves no row."""
-    lengths = attention_mask.sum(1)  # (N,)
-    if packing is None or not packing.can_pack(lengths.tolist()):
+    lengths = attention_mask.sum(1).tolist()  # N
+    if packing is None or not packing.can_pack(lengths):
         return None
     prompt_lengths = attention_mask[:, : attention_mask.shape[1] - width].sum(1)  # (N,)
     features = []
-    for ids, p in zip(input_ids[attention_mask.bool()].split(lengths.tolist()), prompt_lengths.tolist()):
+    for ids, p in zip(input_ids[attention_mask.bool()].split(lengths), prompt_lengths.tolist()):
         ids = ids.tolist()
         features.append({"sequences": [{"input_ids": ids, "labels": [IGNORE] * p + ids[p:]}]})
     batch = packing(features)
