@@ -53,14 +53,6 @@ def test_default_runs_pack_and_train_as_the_padded_path(tmp_path, objective):
     assert default["train/loss"] == pytest.approx(padded["train/loss"], rel=1e-4)
 
 
-@pytest.mark.slow
-def test_an_unpackable_model_pads_by_default_and_refuses_padding_free_true(tmp_path):
-    model = ("model=hf", f"model.name_or_path={opt_dir(tmp_path / 'opt')}")
-    assert run_in_process(tmp_path / "auto", *model, *RUN)["data/padding_free"] is False
-    with pytest.raises(ConfigError, match=r"data.padding_free=true: the policy \(OPTForCausalLM, attention \w+\) mixes packed sequences"):
-        run_in_process(tmp_path / "forced", *model, *RUN, "data.padding_free=true")
-
-
 # A reward that varies (the share of the letter 'a'), and the whole rollout in one row: it packs.
 ONLINE = (*QUICK, "objective=ppo", "trainer.max_steps=1", "data.num_rows=16", "data.batch_size=8", "objective.max_new_tokens=6",
           "reward=python", "reward.fn=tests.rewards.functions:share_of_a", "data.pack_width=0")
@@ -79,8 +71,9 @@ def test_online_rl_packs_its_rollouts_by_default_and_takes_the_padded_paths_firs
 
 
 @pytest.mark.slow
-def test_online_rl_pads_the_rollouts_of_an_unpackable_model_and_refuses_padding_free_true(tmp_path):
+@pytest.mark.parametrize("job", [RUN, ONLINE], ids=["batches", "online_rollouts"])
+def test_an_unpackable_model_pads_by_default_and_refuses_padding_free_true(tmp_path, job):
     model = ("model=hf", f"model.name_or_path={opt_dir(tmp_path / 'opt')}")
-    assert run_in_process(tmp_path / "auto", *ONLINE, *model)["data/padding_free"] is False
+    assert run_in_process(tmp_path / "auto", *job, *model)["data/padding_free"] is False
     with pytest.raises(ConfigError, match=r"data.padding_free=true: the policy \(OPTForCausalLM, attention \w+\) mixes packed sequences"):
-        run_in_process(tmp_path / "forced", *ONLINE, *model, "data.padding_free=true")
+        run_in_process(tmp_path / "forced", *job, *model, "data.padding_free=true")
