@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -41,6 +42,23 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
     return factor
+
+
+# Activations a transformer layer keeps for the backward pass, per token, in units of its input (hidden size):
+# about 17 (Korthikanti et al., https://arxiv.org/abs/2205.05198, sec. 4.1: 34 bytes x h at 2 bytes a value,
+# attention scores aside, which sdpa and flash attention do not keep).
+LAYER_ACTIVATIONS = 17
+MIN_PASS_TOKENS = 1024  # smaller passes run a CPU's matmuls below full speed (rlhf_lab_micro4 in benchmarks/RESULTS.md)
+
+
+def auto_micro_batches(batch_tokens: float, layers: int, min_tokens: int = MIN_PASS_TOKENS) -> int:
+    """Passes per batch (``optim.micro_batches=null`` on CPU): as many as hold each pass's activations
+    to about what gradient checkpointing keeps for the whole batch (every layer's input plus one
+    layer's activations: ``layers + 17`` against ``17 * layers`` values per token without it), so the
+    memory of checkpointing without its recomputation; but no pass under ``min_tokens`` tokens."""
+    by_memory = math.ceil(LAYER_ACTIVATIONS * layers / (layers + LAYER_ACTIVATIONS))
+    by_size = int(batch_tokens // min_tokens)
+    return max(1, min(by_memory, by_size))
 
 
 def fusable(param: torch.Tensor) -> bool:
@@ -72,6 +90,13 @@ class Objective(L.LightningModule):
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def loss_count(self, batch: dict) -> int | None:
+        """The number of terms that ``compute_loss`` averages over in ``batch`` (the ``count`` it gives
+        ``global_token_mean``: pairs, scored tokens), computed from the batch alone; None (the
+        default) when its loss is not such a mean (a batch-level term, as KTO's KL estimate): then
+        its batches are never split into micro-batches (``optim.micro_batches``)."""
+        return None
+
     def packing_blocker(self) -> str | None:
         """Why its models cannot read padding-free rows (``data.padding_free``): the first model this system
         holds that does not read packed rows as it reads each sequence alone (``packs_exactly``);
@@ -94,6 +119,9 @@ class Objective(L.LightningModule):
         rank equally whatever its number of tokens. Scaling by world size / global count fixes it.
         """
         world = self.trainer.world_size if self._trainer is not None else 1
+        if self._step_count is not None:  # a micro-batch: its share of the whole batch's mean
+            self._counted += count
+            return total * world / self._step_count
         if world == 1:
             return total / count
         global_count = self.trainer.strategy.reduce(torch.tensor(float(count), device=total.device), reduce_op="sum")
@@ -126,7 +154,78 @@ class Objective(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if "micro_batches" in batch:
+            return self._micro_step(batch, batch_idx)
         return self._step(batch, "train")
+
+    # --- micro-batches (optim.micro_batches) ---------------------------------------------------
+
+    _step_count: float | None = None  # the whole batch's loss_count over every rank, while its parts run
+    _counted: int = 0
+    _zeroed_early = False
+
+    def setup(self, stage: str) -> None:
+        """Decide the passes per training batch (``optim.micro_batches``) before the loaders start."""
+        data = self.trainer.datamodule if self._trainer is not None else None
+        if stage != "fit" or data is None or not hasattr(data, "train_collate"):
+            return
+        parts = self.optim_cfg.micro_batches
+        splittable = self.automatic_optimization and type(self).loss_count is not Objective.loss_count
+        if parts is not None and parts > 1 and not splittable:
+            raise ConfigError(f"optim.micro_batches={parts}: objective={self.cfg.name} cannot split a batch (its loss is not "
+                              "a mean of independent terms: Objective.loss_count); set optim.micro_batches=1.")
+        if parts is None:
+            parts = 1
+            if splittable and isinstance(self.trainer.accelerator, CPUAccelerator) and data.train_features is not None:
+                text = unwrap(self.trained_model).config.get_text_config()
+                batch_tokens = float(data.train_features.lengths().mean()) * data.cfg.batch_size
+                parts = min(auto_micro_batches(batch_tokens, text.num_hidden_layers), data.cfg.batch_size)
+                if parts > 1:
+                    log.info("micro-batches: each batch of %d rows (about %d tokens) in %d forward/backward passes, the memory of "
+                             "gradient checkpointing without its recomputation (optim.micro_batches=1: one pass)",
+                             data.cfg.batch_size, batch_tokens, parts)
+        data.train_collate.parts = parts
+
+    def _micro_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """One training batch in parts: each part's loss is its share of the whole batch's mean
+        (``global_token_mean`` divides by the whole batch's count), backpropagated before the next
+        part runs; Lightning backpropagates the last one's. The gradients, loss and metrics equal
+        one pass over the whole batch."""
+        parts = batch["micro_batches"]
+        counts = [self.loss_count(part) for part in parts]
+        total = torch.tensor(float(sum(counts)), device=self.device)
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        if batch_idx % self.trainer.accumulate_grad_batches == 0:  # Lightning would zero them after this step, before its backward
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad()
+            self._zeroed_early = True
+        self._step_count, self._counted = float(total), 0
+        metrics: dict[str, torch.Tensor] = {}
+        loss_sum = 0.0
+        try:
+            for i, (part, count) in enumerate(zip(parts, counts)):
+                loss, part_metrics = self.compute_loss(part)
+                loss_sum = loss_sum + loss.detach()
+                for name, value in part_metrics.items():  # each a mean over its part: weighted by the part's share
+                    metrics[name] = metrics.get(name, 0.0) + value.detach() * (count / sum(counts))
+                if i < len(parts) - 1:
+                    self.trainer.strategy.backward(loss / self.trainer.accumulate_grad_batches, None)
+        finally:
+            self._step_count = None
+        if self._counted != sum(counts):
+            raise TrainingError(f"objective={self.cfg.name}: loss_count gives {sum(counts)} for a batch whose loss is a mean over "
+                                f"{self._counted} terms (global_token_mean's count); they must agree for micro-batches.")
+        self.check_finite("loss", loss_sum)
+        for name, value in {"loss": loss_sum, **metrics}.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch["num_samples"], sync_dist=True)
+        return loss + (loss_sum - loss.detach())  # the whole batch's loss (callbacks' outputs["loss"]), the last part's gradient
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        if self._zeroed_early:  # a split batch zeroed them before its first pass: they hold its gradients now
+            self._zeroed_early = False
+            return
+        optimizer.zero_grad()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.automatic_optimization:  # online RL logs its own, once per rollout
