@@ -199,7 +199,7 @@ class OptimConfig:
     grad_clip: Optional[float] = 1.0  # max gradient norm; None: no clipping
     accumulate_grad_batches: int = 1
     # Forward/backward passes per batch, its rows split among them and the gradients summed within the step: the
-    # same update with a share of the activation memory. None: chosen per model and batch on CPU (``auto_micro_batches``), 1 elsewhere.
+    # same update with a share of the activation memory. None: on CPU as many as hold a pass's activations to the weights' size (``Objective.auto_micro_batches``), 1 elsewhere.
     micro_batches: Optional[int] = None
     fused: Optional[bool] = None  # AdamW's fused kernel (one kernel for all tensors); None: when every parameter allows it
 

@@ -7,6 +7,7 @@ validation steps, logging, optimisers and export are shared here.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -44,21 +45,44 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
     return factor
 
 
-# Activations a transformer layer keeps for the backward pass, per token, in units of its input (hidden size):
-# about 17 (Korthikanti et al., https://arxiv.org/abs/2205.05198, sec. 4.1: 34 bytes x h at 2 bytes a value,
-# attention scores aside, which sdpa and flash attention do not keep).
-LAYER_ACTIVATIONS = 17
-MIN_PASS_TOKENS = 1024  # smaller passes run a CPU's matmuls below full speed (rlhf_lab_micro4 in benchmarks/RESULTS.md)
+def min_pass_tokens(hidden_size: int) -> int:
+    """The fewest tokens an automatic micro-batch holds: below about 2^24 / d^2 a CPU's matmuls run
+    under full speed (hidden 128: 1024 tokens, where 520-token passes lost a quarter of the
+    throughput: rlhf_lab_micro4 in benchmarks/RESULTS.md), and never under 256."""
+    return max(256, 2**24 // hidden_size**2)
 
 
-def auto_micro_batches(batch_tokens: float, layers: int, min_tokens: int = MIN_PASS_TOKENS) -> int:
+def activation_bytes_per_token(model: torch.nn.Module, width: int, packed: bool) -> float:
+    """Bytes that autograd keeps for the backward pass per token of a training forward pass over
+    one row of ``width`` tokens, measured (``saved_tensors_hooks``; parameters and buffers are not
+    counted): two sequences packed in the row when ``packed``, as padding-free batches run (attention
+    then keeps its scores on CPU), else one sequence. The model's own arithmetic decides it: GPT-2's
+    tanh GELU keeps 30 hidden-sized values per token and layer, a Llama 20-23."""
+    model = unwrap(model)
+    held = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in held:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    device = next(model.parameters()).device
+    half = width // 2 if packed else width
+    positions = torch.cat([torch.arange(half), torch.arange(width - half)]) if packed else torch.arange(width)
+    ids = torch.full((1, width), int(model.config.get_text_config().bos_token_id or 0), device=device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), torch.enable_grad():
+        model(input_ids=ids, position_ids=positions[None].to(device), attention_mask=None if packed else torch.ones_like(ids), use_cache=False)
+    return sum(saved.values()) / width
+
+
+def auto_micro_batches(batch_tokens: float, activation_bytes: float, weight_bytes: float, min_tokens: int) -> int:
     """Passes per batch (``optim.micro_batches=null`` on CPU): as many as hold each pass's activations
-    to about what gradient checkpointing keeps for the whole batch (every layer's input plus one
-    layer's activations: ``layers + 17`` against ``17 * layers`` values per token without it), so the
-    memory of checkpointing without its recomputation; but no pass under ``min_tokens`` tokens."""
-    by_memory = math.ceil(LAYER_ACTIVATIONS * layers / (layers + LAYER_ACTIVATIONS))
-    by_size = int(batch_tokens // min_tokens)
-    return max(1, min(by_memory, by_size))
+    to the size of the weights (which training holds once more as gradients and twice as AdamW's
+    moments), but no more than keep every pass at ``min_tokens`` tokens or more."""
+    within_budget = math.ceil(batch_tokens * activation_bytes / weight_bytes - 1e-9)
+    return max(1, min(within_budget, int(batch_tokens // min_tokens)))
 
 
 def fusable(param: torch.Tensor) -> bool:
@@ -177,14 +201,27 @@ class Objective(L.LightningModule):
         if parts is None:
             parts = 1
             if splittable and isinstance(self.trainer.accelerator, CPUAccelerator) and data.train_features is not None:
-                text = unwrap(self.trained_model).config.get_text_config()
-                batch_tokens = float(data.train_features.lengths().mean()) * data.cfg.batch_size
-                parts = min(auto_micro_batches(batch_tokens, text.num_hidden_layers), data.cfg.batch_size)
-                if parts > 1:
-                    log.info("micro-batches: each batch of %d rows (about %d tokens) in %d forward/backward passes, the memory of "
-                             "gradient checkpointing without its recomputation (optim.micro_batches=1: one pass)",
-                             data.cfg.batch_size, batch_tokens, parts)
+                parts = self.auto_micro_batches(data)
         data.train_collate.parts = parts
+
+    def auto_micro_batches(self, data) -> int:
+        """``auto_micro_batches`` for this run's trained model and training data; the activations are
+        measured only where the batch could make two passes of ``min_pass_tokens``."""
+        model = self.trained_model
+        lengths = data.train_features.lengths()
+        batch_tokens = float(lengths.mean()) * data.cfg.batch_size
+        min_tokens = min_pass_tokens(unwrap(model).config.get_text_config().hidden_size)
+        if batch_tokens < 2 * min_tokens:
+            return 1
+        width = int(min(data.encoder.max_length, lengths.max()))
+        per_token = activation_bytes_per_token(model, width, packed=data.collate.padding_free)
+        weights = sum(p.numel() * p.element_size() for p in unwrap(model).parameters())
+        parts = min(auto_micro_batches(batch_tokens, per_token, weights, min_tokens), data.cfg.batch_size)
+        if parts > 1:
+            log.info("micro-batches: each batch of %d rows (about %d tokens, %.0f KB of activations a token) in %d forward/backward "
+                     "passes, each holding at most the weights' %d MB of activations (optim.micro_batches=1: one pass)",
+                     data.cfg.batch_size, batch_tokens, per_token / 1024, parts, weights / 2**20)
+        return parts
 
     def _micro_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """One training batch in parts: each part's loss is its share of the whole batch's mean

@@ -11,20 +11,36 @@ from safetensors.torch import load_file
 
 from rlhf_lab.data.collate import Collator, MicroBatches
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.objectives.base import auto_micro_batches
+from rlhf_lab.objectives.base import activation_bytes_per_token, auto_micro_batches, min_pass_tokens
 from tests.inprocess import QUICK, run_in_process
 
 
-def test_auto_micro_batches_hold_the_activations_of_checkpointing_in_passes_of_at_least_1024_tokens():
-    # By memory: ceil(17 L / (L + 17)) passes: L=4: 68/21 = 3.2 -> 4; L=12: 204/29 = 7.03 -> 8; L=32: 544/49 = 11.1 -> 12.
-    assert auto_micro_batches(100_000, layers=4) == 4
-    assert auto_micro_batches(100_000, layers=12) == 8
-    assert auto_micro_batches(100_000, layers=32) == 12
-    # By size: no pass under 1024 tokens: 2080 tokens -> 2; 8320 -> 8 (L=12 allows 8); a small batch -> 1.
-    assert auto_micro_batches(2080, layers=4) == 2
-    assert auto_micro_batches(8320, layers=12) == 8
-    assert auto_micro_batches(1040, layers=4) == 1
-    assert auto_micro_batches(300, layers=2) == 1
+def test_auto_micro_batches_hold_a_pass_to_the_weights_size_in_passes_of_enough_tokens():
+    assert (min_pass_tokens(128), min_pass_tokens(768), min_pass_tokens(4096)) == (1024, 256, 256)  # 2^24 / d^2, at least 256
+    mb = 2**20
+    # GPT-2 small's reward model: 7,400 tokens a batch, 1.6 MB of activations a token, 475 MB of weights:
+    # passes of at most 475 / 1.6 = 297 tokens -> ceil(7400 / 297) = 25.
+    assert auto_micro_batches(7400, 1.6 * mb, 475 * mb, min_tokens=256) == 25
+    # The lab's Llama: 2,056 tokens, 60 KB a token, 11.3 MB of weights: 193-token passes would be needed, but
+    # no pass goes under 1024 tokens: floor(2056 / 1024) = 2 passes; 4,000 tokens: 3.
+    assert auto_micro_batches(2056, 60 * 1024, 11.3 * mb, min_tokens=1024) == 2
+    assert auto_micro_batches(4000, 60 * 1024, 11.3 * mb, min_tokens=1024) == 3
+    assert auto_micro_batches(1000, 1.6 * mb, 475 * mb, min_tokens=256) == 3  # 4 would make 250-token passes
+    assert auto_micro_batches(100, 1.0, 1e9, min_tokens=256) == 1  # small activations: one pass
+
+
+def test_activations_are_measured_from_the_models_own_backward_graph(tiny_tokenizer):
+    from rlhf_lab.config import ModelConfig
+    from rlhf_lab.models import ModelFactory
+
+    policy = ModelFactory(ModelConfig(), tiny_tokenizer).policy()
+    text = policy.config.get_text_config()
+    per_layer = activation_bytes_per_token(policy, 64, packed=False) / text.num_hidden_layers / (text.hidden_size * 4)
+    assert 10 < per_layer < 60  # hidden-sized fp32 values a token and layer (a Llama: 20-23; GPT-2: 30)
+    assert activation_bytes_per_token(policy, 64, packed=True) >= activation_bytes_per_token(policy, 64, packed=False)
+    policy.gradient_checkpointing_enable()
+    checkpointed = activation_bytes_per_token(policy, 64, packed=False) / text.num_hidden_layers / (text.hidden_size * 4)
+    assert checkpointed < per_layer / 2  # each layer keeps its input only
 
 
 def test_micro_batches_hold_every_row_once_with_similar_token_counts():
