@@ -73,6 +73,7 @@ LAB_FAST = {
 SYSTEMS = {
     "rlhf_lab": [],
     "rlhf_lab_defaults": [],  # nothing but the job's settings: what a user gets (no LAB_FAST)
+    "rlhf_lab_one_pass": ["optim.micro_batches=1"],  # the defaults, each batch in one forward/backward pass
     "rlhf_lab_grouped": ["data.group_by_length=true"],  # batches of similar lengths: less padding, other first batch
     "rlhf_lab_padded": ["data.padding_free=false"],  # padded to the longest sequence of each batch
     # Memory levers (see RESULTS.md, reward-model memory): the same optimiser steps on the same batches.
@@ -271,7 +272,7 @@ def lab_command(objective: str, model_dir: Path, data: Path, work: Path, a, extr
     ]
     if objective == "dpo":
         overrides += [f"objective.beta={a.beta}", f"objective.ref_cache_dir={work / 'ref_cache'}"]  # a fresh cache: no hit
-    fast = [] if "rlhf_lab_defaults" in work.parts else LAB_FAST[objective]
+    fast = [] if {"rlhf_lab_defaults", "rlhf_lab_one_pass"} & set(work.parts) else LAB_FAST[objective]
     return [sys.executable, "-m", "rlhf_lab", *overrides, *fast, *extra]
 
 

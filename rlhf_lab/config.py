@@ -198,6 +198,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # floor of cosine / linear decay as a share of lr
     grad_clip: Optional[float] = 1.0  # max gradient norm; None: no clipping
     accumulate_grad_batches: int = 1
+    # Forward/backward passes per batch, its rows split among them and the gradients summed within the step: the
+    # same update with a share of the activation memory. None: on CPU as many as hold a pass's activations to the weights' size (``Objective.auto_micro_batches``), 1 elsewhere.
+    micro_batches: Optional[int] = None
     fused: Optional[bool] = None  # AdamW's fused kernel (one kernel for all tensors); None: when every parameter allows it
 
 
@@ -411,6 +414,7 @@ def validate(cfg: DictConfig) -> None:
              "must be a positive number of steps (or -1, with trainer.max_epochs > 0)")
     for key, value in [("data.batch_size", d.batch_size), ("data.eval_batch_size", d.eval_batch_size),
                        ("data.max_length", d.max_length), ("optim.accumulate_grad_batches", o.accumulate_grad_batches),
+                       ("optim.micro_batches", o.micro_batches),
                        ("trainer.log_every_n_steps", t.log_every_n_steps), ("trainer.val_check_interval", t.val_check_interval),
                        ("trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps)]:  # fmt: skip
         _require(value is None or value >= 1, key, value, "must be at least 1")

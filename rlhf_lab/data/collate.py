@@ -144,3 +144,34 @@ class Collator:
             if len(packed["input_ids"]) < packed["num_sequences"]:
                 return packed
         return pad_collate(features, self.pad_id)
+
+
+class MicroBatches:
+    """A training batch as ``parts`` batches of whole rows, for an objective that runs one forward
+    and backward pass per part (``Objective.loss_count``, ``optim.micro_batches``): ``{"micro_batches":
+    [batch, ...], "num_samples", "num_sequences", "num_tokens"}`` (the totals of the whole batch).
+    Rows go longest first to the part with the fewest tokens, so the parts hold similar numbers of
+    tokens, and each part is collated (packed or padded) on its own. One part: the plain batch."""
+
+    def __init__(self, collate: Collator, parts: int = 1):
+        self.collate = collate
+        self.parts = parts
+
+    def __call__(self, features: list[dict]) -> dict:
+        n = min(self.parts, len(features))
+        if n < 2:
+            return self.collate(features)
+        sizes = [sum(len(s["input_ids"]) for s in f["sequences"]) for f in features]
+        groups: list[list[int]] = [[] for _ in range(n)]
+        lightest = [(0, g) for g in range(n)]  # (tokens, part): a heap
+        for i in sorted(range(len(features)), key=lambda i: -sizes[i]):
+            tokens, g = heapq.heappop(lightest)
+            groups[g].append(i)
+            heapq.heappush(lightest, (tokens + sizes[i], g))
+        parts = [self.collate([features[i] for i in sorted(group)]) for group in groups]
+        return {
+            "micro_batches": parts,
+            "num_samples": len(features),
+            "num_sequences": sum(p["num_sequences"] for p in parts),
+            "num_tokens": sum(p["num_tokens"] for p in parts),
+        }

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from torch.utils.data import DataLoader
 
 from rlhf_lab.config import DataConfig, SourceConfig
-from rlhf_lab.data.collate import Collator
+from rlhf_lab.data.collate import Collator, MicroBatches
 from rlhf_lab.data.sampling import RankSampler, ResumableLoader
 from rlhf_lab.data.sources import Source, open_source
 from rlhf_lab.data.stream import FeatureStream, StreamLoader
@@ -89,6 +89,7 @@ class DataModule(L.LightningDataModule):
         started = time.perf_counter()
         self.cfg, self.seed, self.fmt, self.encoder, self.encode, self.loaders = cfg, seed, fmt, encoder, encode, loaders
         self.collate = Collator(encoder.tokenizer.pad_token_id, bool(cfg.padding_free), cfg.pack_width)
+        self.train_collate = MicroBatches(self.collate)  # training batches; its ``parts`` are set by the objective (``Objective.setup``)
         sources = dict(cfg.sources) if cfg.sources else {"data": cfg}
         for name, src in sources.items():
             if src.weight < 0:
@@ -194,7 +195,7 @@ class DataModule(L.LightningDataModule):
             table = self._table("val", SourceConfig(path=cfg.val_path))
             parts.append((table.dataset, read_notes(table, self.fmt, cfg.invalid_rows).features))
         holdout = frozenset(cfg.holdout_tasks)
-        self.stream = FeatureStream(opened, pipelines, weights, cfg.mixture_size, cfg.batch_size, self.collate, self.seed, cfg.shuffle,
+        self.stream = FeatureStream(opened, pipelines, weights, cfg.mixture_size, cfg.batch_size, self.train_collate, self.seed, cfg.shuffle,
                                     cfg.shuffle_buffer, skip=None if holdout else heads, holdout=holdout)
         self.train_features = None
         self.val_features = []
@@ -243,7 +244,8 @@ class DataModule(L.LightningDataModule):
             world_size=world,
         )
         loader_cls = ResumableLoader if train else DataLoader
-        return loader_cls(features, batch_size=batch_size, sampler=sampler, collate_fn=self.collate, num_workers=self.cfg.num_workers)
+        collate = self.train_collate if train else self.collate
+        return loader_cls(features, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=self.cfg.num_workers)
 
     def train_dataloader(self):
         if self.stream is not None:

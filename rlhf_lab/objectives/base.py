@@ -7,6 +7,7 @@ validation steps, logging, optimisers and export are shared here.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -41,6 +43,46 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
     return factor
+
+
+def min_pass_tokens(hidden_size: int) -> int:
+    """The fewest tokens an automatic micro-batch holds: below about 2^24 / d^2 a CPU's matmuls run
+    under full speed (hidden 128: 1024 tokens, where 520-token passes lost a quarter of the
+    throughput: rlhf_lab_micro4 in benchmarks/RESULTS.md), and never under 256."""
+    return max(256, 2**24 // hidden_size**2)
+
+
+def activation_bytes_per_token(model: torch.nn.Module, width: int, packed: bool) -> float:
+    """Bytes that autograd keeps for the backward pass per token of a training forward pass over
+    one row of ``width`` tokens, measured (``saved_tensors_hooks``; parameters and buffers are not
+    counted): two sequences packed in the row when ``packed``, as padding-free batches run (attention
+    then keeps its scores on CPU), else one sequence. The model's own arithmetic decides it: GPT-2's
+    tanh GELU keeps 30 hidden-sized values per token and layer, a Llama 20-23."""
+    model = unwrap(model)
+    held = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in held:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    device = next(model.parameters()).device
+    half = width // 2 if packed else width
+    positions = torch.cat([torch.arange(half), torch.arange(width - half)]) if packed else torch.arange(width)
+    ids = torch.full((1, width), int(model.config.get_text_config().bos_token_id or 0), device=device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), torch.enable_grad():
+        model(input_ids=ids, position_ids=positions[None].to(device), attention_mask=None if packed else torch.ones_like(ids), use_cache=False)
+    return sum(saved.values()) / width
+
+
+def auto_micro_batches(batch_tokens: float, activation_bytes: float, weight_bytes: float, min_tokens: int) -> int:
+    """Passes per batch (``optim.micro_batches=null`` on CPU): as many as hold each pass's activations
+    to the size of the weights (which training holds once more as gradients and twice as AdamW's
+    moments), but no more than keep every pass at ``min_tokens`` tokens or more."""
+    within_budget = math.ceil(batch_tokens * activation_bytes / weight_bytes - 1e-9)
+    return max(1, min(within_budget, int(batch_tokens // min_tokens)))
 
 
 def fusable(param: torch.Tensor) -> bool:
@@ -72,6 +114,13 @@ class Objective(L.LightningModule):
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def loss_count(self, batch: dict) -> int | None:
+        """The number of terms that ``compute_loss`` averages over in ``batch`` (the ``count`` it gives
+        ``global_token_mean``: pairs, scored tokens), computed from the batch alone; None (the
+        default) when its loss is not such a mean (a batch-level term, as KTO's KL estimate): then
+        its batches are never split into micro-batches (``optim.micro_batches``)."""
+        return None
+
     def packing_blocker(self) -> str | None:
         """Why its models cannot read padding-free rows (``data.padding_free``): the first model this system
         holds that does not read packed rows as it reads each sequence alone (``packs_exactly``);
@@ -94,6 +143,9 @@ class Objective(L.LightningModule):
         rank equally whatever its number of tokens. Scaling by world size / global count fixes it.
         """
         world = self.trainer.world_size if self._trainer is not None else 1
+        if self._step_count is not None:  # a micro-batch: its share of the whole batch's mean
+            self._counted += count
+            return total * world / self._step_count
         if world == 1:
             return total / count
         global_count = self.trainer.strategy.reduce(torch.tensor(float(count), device=total.device), reduce_op="sum")
@@ -126,7 +178,91 @@ class Objective(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if "micro_batches" in batch:
+            return self._micro_step(batch, batch_idx)
         return self._step(batch, "train")
+
+    # --- micro-batches (optim.micro_batches) ---------------------------------------------------
+
+    _step_count: float | None = None  # the whole batch's loss_count over every rank, while its parts run
+    _counted: int = 0
+    _zeroed_early = False
+
+    def setup(self, stage: str) -> None:
+        """Decide the passes per training batch (``optim.micro_batches``) before the loaders start."""
+        data = self.trainer.datamodule if self._trainer is not None else None
+        if stage != "fit" or data is None or not hasattr(data, "train_collate"):
+            return
+        parts = self.optim_cfg.micro_batches
+        splittable = self.automatic_optimization and type(self).loss_count is not Objective.loss_count
+        if parts is not None and parts > 1 and not splittable:
+            raise ConfigError(f"optim.micro_batches={parts}: objective={self.cfg.name} cannot split a batch (its loss is not "
+                              "a mean of independent terms: Objective.loss_count); set optim.micro_batches=1.")
+        if parts is None:
+            parts = 1
+            if splittable and isinstance(self.trainer.accelerator, CPUAccelerator) and data.train_features is not None:
+                parts = self.auto_micro_batches(data)
+        data.train_collate.parts = parts
+
+    def auto_micro_batches(self, data) -> int:
+        """``auto_micro_batches`` for this run's trained model and training data; the activations are
+        measured only where the batch could make two passes of ``min_pass_tokens``."""
+        model = self.trained_model
+        lengths = data.train_features.lengths()
+        batch_tokens = float(lengths.mean()) * data.cfg.batch_size
+        min_tokens = min_pass_tokens(unwrap(model).config.get_text_config().hidden_size)
+        if batch_tokens < 2 * min_tokens:
+            return 1
+        width = int(min(data.encoder.max_length, lengths.max()))
+        per_token = activation_bytes_per_token(model, width, packed=data.collate.padding_free)
+        weights = sum(p.numel() * p.element_size() for p in unwrap(model).parameters())
+        parts = min(auto_micro_batches(batch_tokens, per_token, weights, min_tokens), data.cfg.batch_size)
+        if parts > 1:
+            log.info("micro-batches: each batch of %d rows (about %d tokens, %.0f KB of activations a token) in %d forward/backward "
+                     "passes, each holding at most the weights' %d MB of activations (optim.micro_batches=1: one pass)",
+                     data.cfg.batch_size, batch_tokens, per_token / 1024, parts, weights / 2**20)
+        return parts
+
+    def _micro_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """One training batch in parts: each part's loss is its share of the whole batch's mean
+        (``global_token_mean`` divides by the whole batch's count), backpropagated before the next
+        part runs; Lightning backpropagates the last one's. The gradients, loss and metrics equal
+        one pass over the whole batch."""
+        parts = batch["micro_batches"]
+        counts = [self.loss_count(part) for part in parts]
+        total = torch.tensor(float(sum(counts)), device=self.device)
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        if batch_idx % self.trainer.accumulate_grad_batches == 0:  # Lightning would zero them after this step, before its backward
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad()
+            self._zeroed_early = True
+        self._step_count, self._counted = float(total), 0
+        metrics: dict[str, torch.Tensor] = {}
+        loss_sum = 0.0
+        try:
+            for i, (part, count) in enumerate(zip(parts, counts)):
+                loss, part_metrics = self.compute_loss(part)
+                loss_sum = loss_sum + loss.detach()
+                for name, value in part_metrics.items():  # each a mean over its part: weighted by the part's share
+                    metrics[name] = metrics.get(name, 0.0) + value.detach() * (count / sum(counts))
+                if i < len(parts) - 1:
+                    self.trainer.strategy.backward(loss / self.trainer.accumulate_grad_batches, None)
+        finally:
+            self._step_count = None
+        if self._counted != sum(counts):
+            raise TrainingError(f"objective={self.cfg.name}: loss_count gives {sum(counts)} for a batch whose loss is a mean over "
+                                f"{self._counted} terms (global_token_mean's count); they must agree for micro-batches.")
+        self.check_finite("loss", loss_sum)
+        for name, value in {"loss": loss_sum, **metrics}.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch["num_samples"], sync_dist=True)
+        return loss + (loss_sum - loss.detach())  # the whole batch's loss (callbacks' outputs["loss"]), the last part's gradient
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        if self._zeroed_early:  # a split batch zeroed them before its first pass: they hold its gradients now
+            self._zeroed_early = False
+            return
+        optimizer.zero_grad()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.automatic_optimization:  # online RL logs its own, once per rollout

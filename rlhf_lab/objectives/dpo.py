@@ -158,6 +158,9 @@ class DPO(Objective):
 
     # --- loss ------------------------------------------------------------------------------------
 
+    def loss_count(self, batch: dict) -> int | None:
+        return batch["num_samples"]  # pairs
+
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logps, lengths = self.sequence_logps(self.policy, batch)  # (2B,), (2B,)
         ref_logps = None

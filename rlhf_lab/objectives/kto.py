@@ -29,6 +29,7 @@ import torch
 
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import DataError
+from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.dpo import DPO
 from rlhf_lab.objectives.losses import kto, kto_reference_point
 from rlhf_lab.objectives.schemas import KTOConfig
@@ -65,6 +66,8 @@ class KTO(DPO):
             if matched is not None and mismatched is not None:
                 features.append({"sequences": [matched, mismatched], "row": {"label": bool(row["label"])}})
         return features
+
+    loss_count = Objective.loss_count  # z0 (the KL estimate) is a term of the whole batch: never split into micro-batches
 
     def on_fit_start(self) -> None:
         features = self.trainer.datamodule.train_features  # None for a stream: its labels are not known before training

@@ -39,6 +39,9 @@ class RewardModel(Objective):
     def trained_model(self) -> torch.nn.Module:
         return self.reward_model
 
+    def loss_count(self, batch: dict) -> int:
+        return len(batch["pairs"])
+
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rewards = sequence_rewards(self.reward_model, batch)  # (n,)
         better, worse = batch["pairs"].unbind(1)  # (P,), (P,)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlhf_lab.data.tokenize import IGNORE
 from rlhf_lab.models.lm import score_labels
 from rlhf_lab.objectives.base import Objective
 from rlhf_lab.objectives.schemas import SFTConfig
@@ -23,6 +24,9 @@ class SFT(Objective):
     def __init__(self, cfg: SFTConfig, **kwargs):
         super().__init__(cfg, **kwargs)
         self.policy = self.models.policy()
+
+    def loss_count(self, batch: dict) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE).sum())  # positions whose next token is scored (score_labels)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scored = score_labels(self.policy, batch, self.models.cfg.sparse_head)

@@ -53,6 +53,17 @@ def test_two_processes_match_one_process(cli, single, strategy, objective):
     assert res.summary["val/loss"] == pytest.approx(one.summary["val/loss"], rel=1e-3)
 
 
+@pytest.mark.parametrize(("strategy", "objective"), [("ddp", "dpo"), ("fsdp", "sft")])
+def test_two_processes_in_micro_batches_match_one_process(cli, single, strategy, objective):
+    """Each rank's batch of 8 in 3 forward/backward passes: DDP reduces the gradients once, after the
+    last pass (the earlier ones run before its reducer expects them); FSDP2 reduces each pass's."""
+    res = cli(*SAME_GLOBAL_BATCH, *OBJECTIVES[objective], f"trainer={strategy}", "trainer.accelerator=cpu", "trainer.devices=2",
+              "data.batch_size=8", "optim.micro_batches=3")
+    assert res.returncode == 0, res.output
+    assert losses(res.run_dir) == pytest.approx(losses(single(objective).run_dir), rel=1e-3)
+    assert losses(res.run_dir)[-1] != pytest.approx(losses(res.run_dir)[0], rel=1e-3)
+
+
 def test_a_stream_trained_on_two_processes_matches_one_process(cli):
     """Each rank reads the whole stream and takes every other row of each global batch (44 rows:
     the sixth batch is an epoch's short last one, the seventh starts the next epoch)."""
