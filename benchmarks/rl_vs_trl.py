@@ -75,9 +75,10 @@ def build_job(out: Path, steps: int) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def lab_command(objective: str, model_dir: Path, data: Path, run_dir: Path, steps: int, seed: int, extra: list[str]) -> list[str]:
+def lab_command(objective: str, model_dir: Path, data: Path, run_dir: Path, steps: int, seed: int, extra: list[str],
+                python: str = sys.executable) -> list[str]:
     return [
-        sys.executable, "-m", "rlhf_lab", f"objective={objective}", "model=hf", f"model.name_or_path={model_dir}",
+        python, "-m", "rlhf_lab", f"objective={objective}", "model=hf", f"model.name_or_path={model_dir}",
         "data=jsonl", f"data.path={data}", "data.chat_template=never", f"data.batch_size={JOB['prompts']}", "data.val_fraction=0",
         f"objective.num_generations={JOB['generations']}", f"objective.max_new_tokens={JOB['new_tokens']}",
         f"objective.beta={BETAS[objective]}", f"optim.lr={JOB['lr']}", "optim.scheduler=constant", "optim.warmup_steps=0",
@@ -86,8 +87,9 @@ def lab_command(objective: str, model_dir: Path, data: Path, run_dir: Path, step
     ]
 
 
-def trl_command(objective: str, model_dir: Path, data: Path, run_dir: Path, steps: int, seed: int, extra: list[str]) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--child", objective, "--model", str(model_dir), "--data", str(data),
+def trl_command(objective: str, model_dir: Path, data: Path, run_dir: Path, steps: int, seed: int, extra: list[str],
+                python: str = sys.executable) -> list[str]:
+    return [python, str(Path(__file__).resolve()), "--child", objective, "--model", str(model_dir), "--data", str(data),
             "--out", str(run_dir), "--steps", str(steps), "--seeds", str(seed), *(a for kv in extra for a in ("--set", kv))]
 
 
@@ -203,6 +205,10 @@ def main() -> None:
     p.add_argument("--results", default=None, help="write the table into this markdown file (between markers)")
     p.add_argument("--report-only", default=None, metavar="RESULTS_JSON", help="rewrite the table from an earlier run's results.json")
     p.add_argument("--lab-set", action="append", default=[], metavar="OVERRIDE", help="an extra rlhf_lab override")
+    # Each system in the environment its users install (pip install rlhf_lab / pip install trl): a shared one
+    # imports what is installed for the other system too (torchmetrics imports scipy and matplotlib when present).
+    p.add_argument("--lab-python", default=sys.executable, help="the interpreter that runs rlhf_lab (default: this one)")
+    p.add_argument("--trl-python", default=sys.executable, help="the interpreter that runs TRL (default: this one)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -227,9 +233,9 @@ def main() -> None:
                 run_dir = out / objective / system / f"seed{seed}"
                 run_dir.parent.mkdir(parents=True, exist_ok=True)
                 if system.startswith("rlhf_lab"):
-                    cmd = lab_command(objective, model_dir, data, run_dir, args.steps, seed, [*SYSTEMS[system], *args.lab_set])
+                    cmd = lab_command(objective, model_dir, data, run_dir, args.steps, seed, [*SYSTEMS[system], *args.lab_set], args.lab_python)
                 else:
-                    cmd = trl_command(objective, model_dir, data, run_dir, args.steps, seed, SYSTEMS[system])
+                    cmd = trl_command(objective, model_dir, data, run_dir, args.steps, seed, SYSTEMS[system], args.trl_python)
                 log = run_dir.with_suffix(".log")
                 rc, wall, cpu, rss = run_child(cmd, log, args.threads)
                 if rc != 0:
