@@ -69,11 +69,14 @@ def activation_bytes_per_token(model: torch.nn.Module, width: int, packed: bool)
         return tensor
 
     device = next(model.parameters()).device
-    half = width // 2 if packed else width
-    positions = torch.cat([torch.arange(half), torch.arange(width - half)]) if packed else torch.arange(width)
     ids = torch.full((1, width), int(model.config.get_text_config().bos_token_id or 0), device=device)
+    if packed:  # as padding-free batches: position ids restarting at the second sequence, no mask
+        half = width // 2
+        inputs = dict(position_ids=torch.cat([torch.arange(half), torch.arange(width - half)])[None].to(device))
+    else:
+        inputs = dict(attention_mask=torch.ones_like(ids))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), torch.enable_grad():
-        model(input_ids=ids, position_ids=positions[None].to(device), attention_mask=None if packed else torch.ones_like(ids), use_cache=False)
+        model(input_ids=ids, **inputs, use_cache=False)
     return sum(saved.values()) / width
 
 
@@ -214,7 +217,12 @@ class Objective(L.LightningModule):
         if batch_tokens < 2 * min_tokens:
             return 1
         width = int(min(data.encoder.max_length, lengths.max()))
-        per_token = activation_bytes_per_token(model, width, packed=data.collate.padding_free)
+        try:
+            per_token = activation_bytes_per_token(model, width, packed=data.collate.padding_free)
+        except Exception as exc:  # a memory heuristic never stops a run: one pass, as without it
+            log.warning("micro-batches: could not measure the activations of %s (%s: %s); one pass per batch",
+                        type(unwrap(model)).__name__, type(exc).__name__, exc)
+            return 1
         weights = sum(p.numel() * p.element_size() for p in unwrap(model).parameters())
         parts = min(auto_micro_batches(batch_tokens, per_token, weights, min_tokens), data.cfg.batch_size)
         if parts > 1:
