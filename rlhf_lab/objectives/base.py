@@ -172,13 +172,17 @@ class Objective(L.LightningModule):
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         loss, metrics = self.compute_loss(batch)
+        self._record(stage, loss, metrics, batch["num_samples"])
+        return loss
+
+    def _record(self, stage: str, loss: torch.Tensor, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Stop on a non-finite training loss, then log the loss and metrics of a batch."""
         on_step = stage == "train"
         if on_step:
             self.check_finite("loss", loss)
         # sync_dist: logged values are means over all ranks, as one process would see them.
         for name, value in {"loss": loss, **metrics}.items():
-            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, batch_size=batch["num_samples"], sync_dist=True)
-        return loss
+            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=True)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "micro_batches" in batch:
@@ -238,7 +242,8 @@ class Objective(L.LightningModule):
         one pass over the whole batch."""
         parts = batch["micro_batches"]
         counts = [self.loss_count(part) for part in parts]
-        total = torch.tensor(float(sum(counts)), device=self.device)
+        local = sum(counts)
+        total = torch.tensor(float(local), device=self.device)
         if self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
         if batch_idx % self.trainer.accumulate_grad_batches == 0:  # Lightning would zero them after this step, before its backward
@@ -253,17 +258,15 @@ class Objective(L.LightningModule):
                 loss, part_metrics = self.compute_loss(part)
                 loss_sum = loss_sum + loss.detach()
                 for name, value in part_metrics.items():  # each a mean over its part: weighted by the part's share
-                    metrics[name] = metrics.get(name, 0.0) + value.detach() * (count / sum(counts))
+                    metrics[name] = metrics.get(name, 0.0) + value.detach() * (count / local)
                 if i < len(parts) - 1:
                     self.trainer.strategy.backward(loss / self.trainer.accumulate_grad_batches, None)
         finally:
             self._step_count = None
-        if self._counted != sum(counts):
-            raise TrainingError(f"objective={self.cfg.name}: loss_count gives {sum(counts)} for a batch whose loss is a mean over "
+        if self._counted != local:
+            raise TrainingError(f"objective={self.cfg.name}: loss_count gives {local} for a batch whose loss is a mean over "
                                 f"{self._counted} terms (global_token_mean's count); they must agree for micro-batches.")
-        self.check_finite("loss", loss_sum)
-        for name, value in {"loss": loss_sum, **metrics}.items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch["num_samples"], sync_dist=True)
+        self._record("train", loss_sum, metrics, batch["num_samples"])
         return loss + (loss_sum - loss.detach())  # the whole batch's loss (callbacks' outputs["loss"]), the last part's gradient
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
