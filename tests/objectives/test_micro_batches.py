@@ -4,6 +4,8 @@ one optimiser step give the update of one pass over the whole batch, with the re
 from __future__ import annotations
 
 import csv
+import ctypes
+import platform
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ from safetensors.torch import load_file
 
 from rlhf_lab.data.collate import Collator, MicroBatches
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.objectives.base import activation_bytes_per_token, auto_micro_batches, min_pass_tokens
+from rlhf_lab.objectives import base
+from rlhf_lab.objectives.base import activation_bytes_per_token, auto_micro_batches, map_large_blocks, min_pass_tokens
 from tests.inprocess import QUICK, run_in_process
 
 
@@ -65,6 +68,31 @@ def test_measuring_the_activations_frees_them(tiny_tokenizer):
     assert activation_bytes_per_token(policy, 64, packed=False) == first  # every saved storage counted once, each time
 
 
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_large_blocks_get_their_own_mapping_whatever_was_freed_before(monkeypatch):
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    mib = 2**20
+    monkeypatch.setattr(base, "_large_blocks_mapped", False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    torch.empty(20 * mib, dtype=torch.uint8)  # freed at once: glibc's own threshold rises to 20 MB (when not fixed)
+    assert map_large_blocks()
+    before = libc.mallinfo2().hblkhd  # bytes in mapped blocks
+    large = torch.empty(5 * mib, dtype=torch.uint8)
+    assert libc.mallinfo2().hblkhd - before >= 5 * mib  # mapped: unmapped when freed, not left in the heap
+    small = torch.empty(mib, dtype=torch.uint8)
+    assert libc.mallinfo2().hblkhd - before < 6 * mib  # the heap's
+    del large, small
+    monkeypatch.setattr(base, "_large_blocks_mapped", False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert not map_large_blocks()  # the user's setting holds
+
+
 def test_micro_batches_hold_every_row_once_with_similar_token_counts():
     lengths = [30, 5, 17, 12, 9, 22, 3, 8]
     features = [{"sequences": [{"input_ids": list(range(n)), "labels": list(range(n))}]} for n in lengths]
@@ -101,13 +129,15 @@ def assert_same_training(curves, weights, curves_one, weights_one):
 
 
 @pytest.mark.parametrize("objective", ["sft", "rm", "dpo"])
-def test_a_batch_in_three_passes_trains_like_one_pass(tmp_path, objective):
+def test_a_batch_in_three_passes_trains_like_one_pass(tmp_path, objective, monkeypatch):
     """Same losses at every step and the same weights after three steps: each pass's loss is its
     share of the whole batch's mean, and the gradients of every pass reach the optimiser step
     (Lightning zeroes gradients after the training step: a wrong order would keep only the last pass's)."""
     one, weights_one, _ = train(tmp_path / "one", f"objective={objective}", "optim.micro_batches=1")
+    monkeypatch.setattr(base, "_large_blocks_mapped", False)
     three, weights_three, _ = train(tmp_path / "three", f"objective={objective}", "optim.micro_batches=3")
     assert_same_training(three, weights_three, one, weights_one)
+    assert base._large_blocks_mapped or platform.libc_ver()[0] != "glibc"  # a split batch on CPU: large blocks mapped
 
 
 def test_micro_batches_add_up_across_accumulated_batches(tmp_path):
