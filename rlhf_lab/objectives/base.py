@@ -102,7 +102,7 @@ def auto_micro_batches(batch_tokens: float, activation_bytes: float, weight_byte
 
 LARGE_BLOCK = 4 * 2**20  # bytes: the smallest block that glibc's malloc maps on its own once a split batch runs on CPU
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
-_large_blocks_mapped = False
+_large_blocks_mapped: bool | None = None  # None: not tried in this process yet
 
 
 def map_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
@@ -114,15 +114,15 @@ def map_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
     so a pass's activations come from the heap afterwards and the heap keeps what they leave,
     fragmented. GPT-2 small's reward model (16 passes) peaked at 4.0-4.3 GB this way, 0.96-1.03x
     TRL's; with 4 MB blocks mapped, 3.6 GB, at 8% more time (the kernel zeroes the pages of each
-    such tensor; benchmarks/RESULTS.md). Where the C library is not glibc, or the user set the
-    threshold (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``), nothing changes."""
+    such tensor; benchmarks/RESULTS.md). Called at the first split batch, so that no-grad passes
+    before training (DPO's reference) keep the faster default. Where the C library is not glibc, or
+    the user set the threshold (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``), nothing changes."""
     global _large_blocks_mapped
+    if _large_blocks_mapped is not None:
+        return _large_blocks_mapped
+    users = "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")
+    _large_blocks_mapped = platform.libc_ver()[0] == "glibc" and not users and ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, threshold) == 1
     if _large_blocks_mapped:
-        return True
-    if platform.libc_ver()[0] != "glibc" or "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    if ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, threshold) == 1:
-        _large_blocks_mapped = True
         log.info("micro-batches on CPU: tensors of %d MB and more get their own memory mapping, returned to the OS when freed "
                  "(glibc's heap would keep the activations' space fragmented)", threshold // 2**20)
     return _large_blocks_mapped
@@ -250,8 +250,6 @@ class Objective(L.LightningModule):
             if splittable and isinstance(self.trainer.accelerator, CPUAccelerator) and data.train_features is not None:
                 parts = self.auto_micro_batches(data)
         data.train_collate.parts = parts
-        if parts > 1 and isinstance(self.trainer.accelerator, CPUAccelerator):
-            map_large_blocks()
 
     def auto_micro_batches(self, data) -> int:
         """``auto_micro_batches`` for this run's trained model and training data; the activations are
@@ -283,6 +281,8 @@ class Objective(L.LightningModule):
         part runs; Lightning backpropagates the last one's. The gradients, loss and metrics equal
         one pass over the whole batch."""
         parts = batch["micro_batches"]
+        if isinstance(self.trainer.accelerator, CPUAccelerator):  # from the first split batch on: not DPO's no-grad reference pass
+            map_large_blocks()
         counts = [self.loss_count(part) for part in parts]
         local = sum(counts)
         total = torch.tensor(float(local), device=self.device)
