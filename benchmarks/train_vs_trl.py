@@ -1,7 +1,7 @@
 """rlhf_lab against TRL 1.x on the same training jobs: DPO (DPOTrainer), reward model
 (RewardTrainer) and SFT (SFTTrainer, loss_type nll).
 
-    python benchmarks/train_vs_trl.py [--out DIR] [--objectives dpo,rm,sft] [--steps 128] [--model-shape lab|gpt2-small|llama-100m]
+    python benchmarks/train_vs_trl.py [--out DIR] [--objectives dpo,rm,sft] [--steps 128] [--repeat 1] [--model-shape lab|gpt2-small|llama-100m]
         [--systems rlhf_lab,trl,trl_no_gc,trl_precompute] [--results benchmarks/RESULTS.md]
 
 1. Builds, deterministically, a local model directory (a Llama with hidden 128, 4 layers, 4 heads,
@@ -33,6 +33,7 @@ import platform
 import random
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -313,11 +314,28 @@ def run_system(system: str, objective: str, command: list[str], work: Path, env:
     }
 
 
+MEDIAN_OF = ("train_samples_per_s", "train_tokens_per_s", "train_time_s", "of_which_reference_precompute_s", "wall_s", "cpu_s",
+             "peak_rss_mb", "model_tflop_per_s", "mfu")
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One system's ``--repeat`` runs as one line: the median of each measured figure (each on its
+    own), the losses of the first run (every run computes the same ones), and every run's samples/s
+    and peak RSS, in the order they ran."""
+    if len(runs) == 1:
+        return runs[0]
+    return {**runs[0], **{k: statistics.median(r[k] for r in runs) for k in MEDIAN_OF},
+            "runs_samples_per_s": [r["train_samples_per_s"] for r in runs], "runs_peak_rss_mb": [r["peak_rss_mb"] for r in runs]}
+
+
 def ratios(objective: str, lab: dict, trl: dict, against: str, system: str = "rlhf_lab") -> dict:
+    paired = [x / y for x, y in zip(lab.get("runs_samples_per_s", []), trl.get("runs_samples_per_s", []))]
     return {
         "objective": objective,
         "ratio": f"{system} / {against}",
         "train_samples_per_s": round(lab["train_samples_per_s"] / trl["train_samples_per_s"], 3),
+        # --repeat: each round's ratio (the two runs closest in time), which this VM's drift moves less than the medians
+        **({"train_samples_per_s_by_round": [round(r, 3) for r in paired]} if paired else {}),
         "train_tokens_per_s": round(lab["train_tokens_per_s"] / trl["train_tokens_per_s"], 3),
         "wall_s": round(lab["wall_s"] / trl["wall_s"], 3),
         "peak_rss_mb": round(lab["peak_rss_mb"] / trl["peak_rss_mb"], 3),
@@ -342,18 +360,24 @@ def versions() -> dict:
     return {name: version(name) for name in ("torch", "transformers", "trl", "lightning", "rlhf_lab")}
 
 
+def spread(values: list[float] | None, digits: int = 1, unit: str = "") -> str:
+    """`` (min-max of N)`` after the median of ``--repeat`` runs; nothing after a single run."""
+    return f" ({min(values):.{digits}f}-{max(values):.{digits}f}{unit}, {len(values)} runs)" if values else ""
+
+
 def markdown(results: list[dict], ratio_lines: list[dict], meta: dict) -> str:
     head = ("| objective | system | samples/s | tokens/s | train s (ref precompute) | wall s | peak RSS MB "
             "| loss step 0 | model TFLOP/s | MFU |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     rows = "".join(
-        f"| {r['objective']} | {r['system']} | {r['train_samples_per_s']:.1f} | {r['train_tokens_per_s']:.0f} "
-        f"| {r['train_time_s']:.1f} ({r['of_which_reference_precompute_s']:.1f}) | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} "
+        f"| {r['objective']} | {r['system']} | {r['train_samples_per_s']:.1f}{spread(r.get('runs_samples_per_s'))} | {r['train_tokens_per_s']:.0f} "
+        f"| {r['train_time_s']:.1f} ({r['of_which_reference_precompute_s']:.1f}) | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f}{spread(r.get('runs_peak_rss_mb'), 0)} "
         f"| {r['loss_step0']:.4f} | {r['model_tflop_per_s']:.3f} | {r['mfu']:.1%} |\n"
         for r in results
     )
     ratio_head = "\n| objective | ratio | samples/s | tokens/s | wall | peak RSS | step-0 loss diff |\n|---|---|---:|---:|---:|---:|---:|\n"
     ratio_rows = "".join(
-        f"| {r['objective']} | {r['ratio']} | {r['train_samples_per_s']:.2f}x | {r['train_tokens_per_s']:.2f}x "
+        f"| {r['objective']} | {r['ratio']} | {r['train_samples_per_s']:.2f}x{spread(r.get('train_samples_per_s_by_round'), 2, 'x by round')} "
+        f"| {r['train_tokens_per_s']:.2f}x "
         f"| {r['wall_s']:.2f}x | {r['peak_rss_mb']:.2f}x | {r['loss_step0_abs_diff']:.1e} |\n"
         for r in ratio_lines
     )
@@ -409,6 +433,7 @@ def main() -> None:
     p.add_argument("--objectives", default="dpo,rm,sft")
     p.add_argument("--systems", default="rlhf_lab,trl,trl_no_gc,trl_precompute", help=f"which to run, in this order: {', '.join(SYSTEMS)}")
     p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=1, help="runs of each system, interleaved; the tables give the medians")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model-shape", choices=sorted(SHAPES), default="lab", help="the model trained (see SHAPES)")
     p.add_argument("--max-length", type=int, default=None, help="default: the shape's (128 for lab, 512 for the others)")
@@ -444,17 +469,19 @@ def main() -> None:
         model_dir = rm_dir if objective == "rm" else lm_dir
         data = sft if objective == "sft" else pref
         flops = job_flops(objective, lengths, reference=True, dims=dims)
-        runs = {}
         plan = [s for s in a.systems.split(",") if objective in ONLY_FOR.get(s, {objective})]
-        for system in plan:
-            work = out / objective / system
-            if system.startswith("rlhf_lab"):
-                own = [o.format(half=a.batch_size // 2, quarter=a.batch_size // 4) for o in SYSTEMS[system]]
-                command = lab_command(objective, model_dir, data, work, a, [*own, *a.lab_set])
-            else:
-                command = trl_command(objective, model_dir, data, work, a, [*SYSTEMS[system], *a.trl_set])
-            runs[system] = run_system(system, objective, command, work, env, flops, peak)
-            print(json.dumps({k: v for k, v in runs[system].items() if k != "command"}), flush=True)
+        rounds: dict[str, list[dict]] = {s: [] for s in plan}
+        for round_ in range(a.repeat):  # interleaved, every other round in reverse: drift hits every system alike
+            for system in plan if round_ % 2 == 0 else plan[::-1]:
+                work = out / objective / system / (f"run{round_}" if a.repeat > 1 else "")
+                if system.startswith("rlhf_lab"):
+                    own = [o.format(half=a.batch_size // 2, quarter=a.batch_size // 4) for o in SYSTEMS[system]]
+                    command = lab_command(objective, model_dir, data, work, a, [*own, *a.lab_set])
+                else:
+                    command = trl_command(objective, model_dir, data, work, a, [*SYSTEMS[system], *a.trl_set])
+                rounds[system].append(run_system(system, objective, command, work, env, flops, peak))
+                print(json.dumps({k: v for k, v in rounds[system][-1].items() if k != "command"}), flush=True)
+        runs = {system: median_run(done) for system, done in rounds.items()}
         for line in all_ratios(list(runs.values())):
             ratio_lines.append(line)
             print(json.dumps(line), flush=True)

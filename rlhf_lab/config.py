@@ -126,6 +126,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # recompute decoder layers' activations in the backward pass (less memory, more compute)
     gradient_checkpointing_every: int = 1  # checkpoint every n-th decoder layer only (the rest keep theirs): memory and cost in between
     sparse_head: bool = True  # apply the LM head only at positions whose next token is scored (saves memory and time)
+    fused_activations: bool = True  # gelu_new / gelu_fast (GPT-2, GPT-J, Phi...) as torch's one-kernel tanh GELU: same function, 1/4 the saved activations
     init_seed: int = 0  # seed of the embedded tiny model's random initialisation
     lora: LoraConfig = field(default_factory=LoraConfig)
 

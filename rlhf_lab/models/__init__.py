@@ -103,9 +103,42 @@ def _load(auto_cls, cfg: ModelConfig, **config_overrides) -> PreTrainedModel:
         model = auto_cls.from_pretrained(
             _location(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **config_overrides, **kwargs
         )
+    if cfg.fused_activations:
+        fuse_activations(model)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model, cfg.gradient_checkpointing_every)
     return model.eval()  # as from_pretrained leaves it; ModelFactory puts the models it trains in train mode
+
+
+class TanhGELU(torch.nn.Module):
+    """GELU's tanh approximation as torch's one kernel, ``F.gelu(x, approximate="tanh")``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+def fuse_activations(model: torch.nn.Module) -> int:
+    """Run transformers' ``gelu_new`` and ``gelu_fast`` (GPT-2, GPT-J, GPT-Neo, CodeGen, Phi...) as
+    torch's tanh GELU, the same function in one kernel (outputs within 3e-7 in fp32; in bf16 it rounds
+    once instead of at each of its seven operations), and return how many modules were replaced.
+
+    transformers writes them as seven element-wise operations, and autograd keeps the input of four:
+    four tensors of the MLP's width (4x the model's) a token and layer, where the kernel keeps one:
+    12 hidden-sized values a token and layer fewer. GPT-2 small's reward model (batch 16, max_length
+    512) trained 1.3-1.4x faster with it, at 3-5% less peak memory (benchmarks/RESULTS.md).
+    ``model.fused_activations=false`` keeps them as written."""
+    from transformers.activations import FastGELUActivation, NewGELUActivation
+
+    replaced = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) in (NewGELUActivation, FastGELUActivation):
+                setattr(module, name, TanhGELU())
+                replaced += 1
+    if replaced:
+        log.info("%s: %d gelu_new/gelu_fast activations run as torch's one-kernel tanh GELU, the same function "
+                 "(model.fused_activations=false: as written)", type(model).__name__, replaced)
+    return replaced
 
 
 def enable_checkpointing(model: PreTrainedModel, every: int = 1) -> None:

@@ -88,3 +88,40 @@ def test_disable_dropout_covers_modules_and_attention_rates(tiny_model_dir):
     disable_dropout(model)
     assert model.model.embed_dropout.p == 0.0 and model.model.layers[0].self_attn.attention_dropout == 0.0
     assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_gpt2s_gelu_runs_as_one_kernel_with_the_same_loss_and_gradients(arch_dir):
+    """GPT-2's ``gelu_new`` (seven element-wise operations, four of whose inputs autograd keeps) runs
+    as torch's tanh GELU: the same loss and gradients to float rounding, a quarter of the MLP's saved
+    activations, and the written form back with ``model.fused_activations=false``."""
+    from transformers.activations import NewGELUActivation
+
+    from rlhf_lab.models import TanhGELU
+    from rlhf_lab.objectives.base import activation_bytes_per_token
+
+    path = str(arch_dir("gpt2"))
+    fused = load_causal_lm(ModelConfig(source="hf", name_or_path=path)).train()
+    written = load_causal_lm(ModelConfig(source="hf", name_or_path=path, fused_activations=False)).train()
+    assert [type(m.mlp.act) for m in fused.transformer.h] == [TanhGELU, TanhGELU]
+    assert [type(m.mlp.act) for m in written.transformer.h] == [NewGELUActivation, NewGELUActivation]
+    ids = torch.randint(0, fused.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for model in (fused, written):
+        torch.manual_seed(0)  # the same dropout masks
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss)
+    assert torch.allclose(losses[0], losses[1], rtol=1e-6), losses
+    for (name, a), b in zip(fused.named_parameters(), written.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+    # per token and layer: 3 of the 4 inputs the written form keeps, each 4 x n_embd floats, no longer held
+    saved = {m: activation_bytes_per_token(m, 32, packed=False) for m in (fused, written)}
+    assert saved[written] - saved[fused] == pytest.approx(3 * 4 * 64 * 4 * 2, rel=0.05), saved
+
+
+def test_activations_other_than_gelu_new_are_left_as_written(arch_dir):
+    """Llama's SiLU is one kernel already: nothing is replaced."""
+    path = str(arch_dir("llama"))
+    default = load_causal_lm(ModelConfig(source="hf", name_or_path=path))
+    written = load_causal_lm(ModelConfig(source="hf", name_or_path=path, fused_activations=False))
+    assert [type(m) for m in default.modules()] == [type(m) for m in written.modules()]
