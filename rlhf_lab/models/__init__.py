@@ -32,6 +32,20 @@ TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class _PackedRowsCarryNoMask(logging.Filter):
+    """Drops transformers' "We strongly recommend passing in an `attention_mask` since your input_ids
+    may be padded", which it logs when a forward gets no mask and the pad id is a row's first or
+    last token. Padding-free rows carry no mask by design (position ids tell their sequences apart,
+    ``rlhf_lab.models.lm.packs_exactly``), a GPT-2's pad is its EOS, which ends every completion, and
+    every padded batch here carries its mask: in a run of this lab the warning is always a false alarm."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "passing in an `attention_mask`" not in record.getMessage()
+
+
+logging.getLogger("transformers.modeling_utils").addFilter(_PackedRowsCarryNoMask())
+
+
 def _location(cfg: ModelConfig) -> str:
     if cfg.source == "tiny":
         return str(TINY_DIR)

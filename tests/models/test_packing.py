@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, OPTConfig
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, OPTConfig
 
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models.lm import packs_exactly
@@ -77,3 +77,30 @@ def test_an_unpackable_model_pads_by_default_and_refuses_padding_free_true(tmp_p
     assert run_in_process(tmp_path / "auto", *job, *model)["data/padding_free"] is False
     with pytest.raises(ConfigError, match=r"data.padding_free=true: the policy \(OPTForCausalLM, attention \w+\) mixes packed sequences"):
         run_in_process(tmp_path / "forced", *job, *model, "data.padding_free=true")
+
+
+def test_transformers_no_mask_warning_is_not_shown_for_packed_rows(arch_dir):
+    """A padding-free row has no attention mask, and a GPT-2's pad is its EOS, which ends every
+    completion: transformers' "passing in an `attention_mask`" warning would be a false alarm on
+    every packed GPT-2 run. It is dropped; the logger's other records still pass."""
+    import logging
+
+    from rlhf_lab.config import ModelConfig
+    from rlhf_lab.models import load_scalar_head_model
+
+    path = arch_dir("gpt2")
+    eos = AutoTokenizer.from_pretrained(path).eos_token_id
+    model = load_scalar_head_model(ModelConfig(source="hf", name_or_path=str(path)), pad_token_id=eos)  # a reward model, as trained
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addHandler(handler)
+    try:
+        logging.Logger.warning_once.cache_clear()  # transformers' once-per-process cache
+        ids = torch.tensor([[5, 6, eos, 7, 8, eos]])  # two sequences side by side, each ended by EOS
+        model(input_ids=ids, position_ids=torch.tensor([[0, 1, 2, 0, 1, 2]]), use_cache=False)
+        logger.warning("another warning")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["another warning"]
