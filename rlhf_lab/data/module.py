@@ -9,7 +9,6 @@ import logging
 import time
 from typing import Callable
 
-import datasets
 import lightning as L
 import numpy as np
 import pyarrow as pa
@@ -21,7 +20,7 @@ from rlhf_lab.data.collate import Collator, MicroBatches
 from rlhf_lab.data.sampling import RankSampler, ResumableLoader
 from rlhf_lab.data.sources import Source, open_source
 from rlhf_lab.data.stream import FeatureStream, StreamLoader
-from rlhf_lab.data.table import (BATCH_ROWS, SCHEMA, FeatureSet, Pipeline, SourceTable, cache_root, column, no_lone_tail, read_notes,
+from rlhf_lab.data.table import (BATCH_ROWS, SCHEMA, FeatureSet, Pipeline, SourceTable, Table, cache_root, column, no_lone_tail, read_notes,
                                  record_batch, table_key, tokenised)
 from rlhf_lab.data.tokenize import Encoder
 from rlhf_lab.errors import ConfigError, DataError
@@ -53,7 +52,7 @@ def head_rows(cfg: DataConfig) -> int | None:
     return max(1, round(cfg.val_fraction * cfg.mixture_size)) if cfg.mixture_size else None
 
 
-def split(table: datasets.Dataset, indices: np.ndarray, offsets: np.ndarray, cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split(table: Table, indices: np.ndarray, offsets: np.ndarray, cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) positions. Held-out tasks go wholly to validation; otherwise a seeded
     ``val_fraction`` of the rows (or ``val_rows`` rows) does, each with all its features (a
     ranking's pairs stay together)."""
@@ -130,7 +129,7 @@ class DataModule(L.LightningDataModule):
         if cfg.val_path:
             tables.append(self._table("val", SourceConfig(path=cfg.val_path)))
         notes = [read_notes(t, self.fmt, cfg.invalid_rows) for t in tables]
-        whole = datasets.concatenate_datasets([t.dataset for t in tables]) if len(tables) > 1 else tables[0].dataset
+        whole = Table.concat([t.dataset for t in tables])
         offsets = np.cumsum([0] + [len(t.dataset) for t in tables])
         per_source = [offsets[i] + n.features for i, n in enumerate(notes)]
         train = per_source[0] if len(sources) == 1 else mix(per_source[: len(sources)], [s.weight for s in sources.values()], cfg.mixture_size, self.seed)
@@ -200,7 +199,7 @@ class DataModule(L.LightningDataModule):
         self.train_features = None
         self.val_features = []
         if parts:
-            whole = datasets.concatenate_datasets([table for table, _ in parts]) if len(parts) > 1 else parts[0][0]
+            whole = Table.concat([table for table, _ in parts])
             offsets = np.cumsum([0] + [len(table) for table, _ in parts])
             val = [offsets[i] + features for i, (_, features) in enumerate(parts)]
             if holdout and from_head:  # the head's rows of held-out tasks (data.val_path's rows all validate, as with tables)
@@ -215,11 +214,11 @@ class DataModule(L.LightningDataModule):
             self.val_features = FeatureSet(whole, np.concatenate(val), "stream head")
         self.stats["val_rows"] = len(self.val_features)
 
-    def _head(self, source: Source, pipeline: Pipeline, n: int) -> tuple[datasets.Dataset, np.ndarray]:
+    def _head(self, source: Source, pipeline: Pipeline, n: int) -> tuple[Table, np.ndarray]:
         """The source's first ``n`` rows as a tokenised table in memory (not cached: a cache key
         would read the whole source) and the positions of its features."""
         batches = no_lone_tail(source.batches(BATCH_ROWS, head=n))
-        table = datasets.Dataset(pa.Table.from_batches([record_batch(pipeline(*batch)) for batch in batches], schema=SCHEMA))
+        table = Table(data=pa.Table.from_batches([record_batch(pipeline(*batch)) for batch in batches], schema=SCHEMA))
         return table, read_notes(SourceTable(source, table, "", False), self.fmt, self.cfg.invalid_rows).features
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

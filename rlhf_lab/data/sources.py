@@ -23,15 +23,18 @@ import hashlib
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import datasets
 import numpy as np
 
 from rlhf_lab.config import DataConfig, SourceConfig
 from rlhf_lab.errors import DataError
+
+if TYPE_CHECKING:  # imported where a source reads through it (a file being tokenised, a hub dataset): 19 MB a process
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +262,12 @@ def _digest(files: list[Path], root: Path) -> str:
     return key.hexdigest()
 
 
+def is_dataset(rows: Any) -> bool:
+    """Whether a loader returned a ``datasets.Dataset`` (none exists unless datasets was imported)."""
+    module = sys.modules.get("datasets")
+    return module is not None and isinstance(rows, module.Dataset)
+
+
 @dataclass
 class Source:
     """One configured source, unread: ``where`` names it in messages, ``key()`` identifies its
@@ -279,12 +288,14 @@ class Source:
             files = sorted(f for f in self.path.rglob("*") if f.is_file() and ".cache" not in f.parts) if self.path.is_dir() else [self.path]
             return "files:" + _digest(files, self.path)
         if self.loaded is None:
+            import datasets
+
             try:
                 builder = datasets.load_dataset_builder(self.cfg.hub, self.cfg.subset, cache_dir=self.cache_dir)
             except Exception as exc:
                 raise DataError(f"could not load {self.where}: {type(exc).__name__}: {exc}") from exc
             return f"hub:{self.cfg.hub}:{self.cfg.subset}:{self.cfg.split}:{builder.hash}"
-        if isinstance(self.loaded, datasets.Dataset):
+        if is_dataset(self.loaded):
             return "dataset:" + self.loaded._fingerprint
         key = hashlib.sha256()
         for row in self.loaded:
@@ -293,7 +304,9 @@ class Source:
 
     def _stream(self) -> datasets.IterableDataset | list[dict]:
         if self.loaded is not None:
-            return self.loaded.to_iterable_dataset() if isinstance(self.loaded, datasets.Dataset) else self.loaded
+            return self.loaded.to_iterable_dataset() if is_dataset(self.loaded) else self.loaded
+        import datasets
+
         try:
             if self.path is not None and self.path.is_file():
                 builder = FILE_BUILDERS[self.path.suffix.lower()]

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -273,12 +272,57 @@ def cache_root(configured: str | None) -> Path:
     return Path(root).expanduser()
 
 
+class Table:
+    """Tokenised features as Arrow record batches: stream files memory-mapped (cached tables, one
+    or several concatenated) or batches in memory (a stream's head). Pickled by path where it has
+    files, so a DataLoader worker maps them again rather than copying them. (``datasets.Dataset``
+    did this before; importing datasets costs every process 19 MB and 0.15-0.2 s beside pandas,
+    which pyarrow imports anyway, and a table read from the cache does not need it.)"""
+
+    def __init__(self, files: list[str] | None = None, data: pa.Table | None = None):
+        self.files = list(files or [])
+        self._data = data
+        self._batches: list[pa.RecordBatch] | None = None
+        self._starts: np.ndarray | None = None
+
+    @classmethod
+    def concat(cls, tables: list[Table]) -> Table:
+        if len(tables) == 1:
+            return tables[0]
+        if all(t.files for t in tables):
+            return cls(files=[f for t in tables for f in t.files])
+        return cls(data=pa.concat_tables([t.data for t in tables]))
+
+    @property
+    def data(self) -> pa.Table:
+        if self._data is None:
+            self._data = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(f)).read_all() for f in self.files])
+        return self._data
+
+    def __len__(self) -> int:
+        return self.data.num_rows
+
+    def gather(self, positions: np.ndarray) -> pa.Table:
+        """The rows at ``positions``, in that order, sliced out of their record batches without
+        copying (``pa.Table.take`` concatenates each column's batches first: 30 ms for 16 rows of a
+        400,000-row table, against 0.1 ms)."""
+        if self._batches is None:
+            self._batches = [b for b in self.data.to_batches() if b.num_rows]
+            self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
+        which = np.searchsorted(self._starts, positions, side="right") - 1
+        return pa.Table.from_batches([self._batches[b].slice(int(p - self._starts[b]), 1) for b, p in zip(which, positions)],
+                                     schema=self.data.schema)
+
+    def __getstate__(self) -> dict:
+        return {"files": self.files, "_data": None if self.files else self._data, "_batches": None, "_starts": None}
+
+
 @dataclass
 class SourceTable:
     """One source's tokenised table, memory-mapped, with where it came from."""
 
     source: Source
-    dataset: datasets.Dataset
+    dataset: Table
     key: str  # sha256 of table_key(...)
     hit: bool  # read from the cache, not tokenised by this process
 
@@ -318,13 +362,13 @@ def tokenised(source: Source, pipeline: Pipeline, key_parts: dict, root: Path, n
             log.info("%s: tokenised table read from the cache %s", source.where, final)
     finally:
         lock.release()
-    return SourceTable(source, datasets.Dataset.from_file(str(final / "data.arrow")), key, hit)
+    return SourceTable(source, Table([str(final / "data.arrow")]), key, hit)
 
 
 # --- reading features back -------------------------------------------------------------------------
 
 
-def column(dataset: datasets.Dataset, name: str) -> pa.ChunkedArray:
+def column(dataset: Table, name: str) -> pa.ChunkedArray:
     """One column of a (concatenated, memory-mapped) table, without Python objects."""
     return dataset.data.column(name)
 
@@ -333,12 +377,11 @@ class FeatureSet(torch.utils.data.Dataset):
     """Features by position: ``indices`` into ``table`` (the tables of every source, concatenated),
     plus arrays attached later, one value per sequence (DPO's reference log-probs: ``ref_logp``)."""
 
-    def __init__(self, table: datasets.Dataset, indices: np.ndarray, key: str, side: dict[str, np.ndarray] | None = None):
+    def __init__(self, table: Table, indices: np.ndarray, key: str, side: dict[str, np.ndarray] | None = None):
         self.table = table
         self.indices = np.asarray(indices, dtype=np.int64)
         self.key = key  # identifies the tables this set reads (with ``indices``: its exact features)
         self.side = side or {}
-        self._arrow = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -368,9 +411,7 @@ class FeatureSet(torch.utils.data.Dataset):
 
     def take(self, positions: list[int] | np.ndarray) -> list[dict]:
         """The features at ``positions``: ``{"sequences": [{"input_ids", "labels", ...}], ...extra}``."""
-        if self._arrow is None:
-            self._arrow = self.table.with_format("arrow", columns=["input_ids", "labels", "extra"])
-        rows = self._arrow[self.indices[positions].tolist()]
+        rows = self.table.gather(self.indices[positions])
         features = []
         for k, (ids, labels, extra) in enumerate(zip(*(rows.column(c).to_pylist() for c in ("input_ids", "labels", "extra")))):
             seqs = [{"input_ids": i, "labels": lab} for i, lab in zip(ids, labels)]
@@ -393,8 +434,6 @@ class FeatureSet(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> dict:
         return self.take([position])[0]
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arrow": None}  # DataLoader workers reopen the memory-mapped file
 
 
 # --- what the notes say --------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def test_an_encode_that_builds_its_own_sequences_is_traced_row_by_row(build, tmp
 def test_the_table_holds_no_python_rows(build, tmp_path):
     """Features are read from the memory-mapped file per batch; the module keeps only index arrays."""
     data = build(write_jsonl(tmp_path / "train.jsonl", ROWS))
-    assert data.train_features.table.cache_files and isinstance(data.train_features.indices, np.ndarray)
+    assert data.train_features.table.files and isinstance(data.train_features.indices, np.ndarray)
     meta = json.loads((tmp_path / "tables" / build.tables()[0] / "meta.json").read_text())
     assert meta["table_rows"] == 40 and meta["key"]["max_length"] == 64
 
@@ -182,3 +182,32 @@ def test_val_rows_holds_out_that_many_rows_instead_of_val_fraction(build, tmp_pa
     data = build(write_jsonl(tmp_path / "train.jsonl", ROWS), val_fraction=0.5, val_rows=7)
     assert (data.stats["train_rows"], data.stats["val_rows"]) == (33, 7)
     assert build(write_jsonl(tmp_path / "train.jsonl", ROWS), val_rows=0).stats["val_rows"] == 0
+
+
+@pytest.mark.slow
+def test_a_table_read_from_the_cache_needs_no_datasets_import(tmp_path):
+    """datasets (19 MB and 0.15-0.2 s in every process, beside pandas, which pyarrow imports anyway)
+    reads a file while it is tokenised; reading its cached table back, and its features, does not
+    need it (fresh interpreters: a pytest worker has imported it already)."""
+    import subprocess
+    import sys
+
+    path = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    script = """
+import sys
+from rlhf_lab.config import DataConfig, ModelConfig
+from rlhf_lab.data.module import DataModule
+from rlhf_lab.data.tokenize import Encoder
+from rlhf_lab.models import load_tokenizer
+from rlhf_lab.objectives.sft import SFT
+encoder = Encoder(load_tokenizer(ModelConfig()), 64, "auto", "truncate")
+data = DataModule(DataConfig(path=sys.argv[1], table_cache_dir=sys.argv[2]), "sft", SFT.encode, encoder, {}, seed=0)
+features = data.train_features.take([0, 1])
+print(data.stats["tables_cached"], "datasets" in sys.modules, len(features[1]["sequences"][0]["input_ids"]) > 3)
+"""
+    def run() -> list[str]:
+        return subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "tables")], capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    assert run() == ["0", "True", "True"]  # tokenised: the file read through datasets' streaming reader
+    assert run() == ["1", "False", "True"]  # from the cache
