@@ -435,7 +435,6 @@ class FeatureSet(torch.utils.data.Dataset):
         return self.take([position])[0]
 
 
-
 # --- what the notes say --------------------------------------------------------------------------
 
 
