@@ -77,7 +77,12 @@ def newest_intact_checkpoint(ckpt_dir: Path, *, report: bool = True) -> tuple[Pa
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints through ``write_atomic``; loads with ``weights_only=True``."""
+    """Checkpoints through ``write_atomic``; loads with ``weights_only=True``. While ``staging`` is
+    set (by ``Checkpoints``), a checkpoint is left under its temporary name and recorded in
+    ``staged`` as (temporary file, final path), for ``Checkpoints`` to rename later."""
+
+    staging = False
+    staged: tuple[Path, Path] | None = None
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
@@ -87,7 +92,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             fault_point("checkpoint_write")  # test hook: killed with the temporary file written, not renamed
 
         try:
-            write_atomic(path, write)
+            written = write_atomic(path, write, rename=not self.staging)
+            if self.staging:
+                self.staged = (written, path)
         except StorageFull as exc:
             last = newest_checkpoint(path.parent)
             raise StorageFull(f"{exc} Training stopped at this checkpoint; the last good one is {last or 'none'} "
@@ -123,7 +130,11 @@ class Checkpoints(Checkpoint):
     - on SIGTERM (preemption), after the current step, whatever the schedule. Lightning then stops
       the run and ``resume=auto`` continues from here.
 
-    Lightning runs checkpoint callbacks after all others, so evaluations of a step come first.
+    Lightning runs checkpoint callbacks after all others, so evaluations of a step come first. But
+    it writes a step's metrics row to the loggers after ``on_train_batch_end``: a checkpoint taken
+    there is written under its temporary name and renamed into place (``publish``) at the next
+    batch's start, the end of training or an exception, once the row is on disk. A run killed in
+    between resumes from the checkpoint before and does the step again, so that its row is not lost.
     """
 
     def __init__(self, dirpath: Path, every_n_steps: int | None, enabled: bool, keep: int = 2):
@@ -133,11 +144,12 @@ class Checkpoints(Checkpoint):
         self.keep = keep
         self._saved_step: int | None = None
         self._after_validation: int | None = None
+        self._staged: tuple[Path, Path] | None = None  # (temporary file, path): written at a batch's end, not yet in place
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if trainer.received_sigterm:
-            self.save(trainer)
+            self.save(trainer, staged=True)
             return
         # Step 0 is no step (with gradient accumulation, batches run before the first one).
         due = self.enabled and self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._saved_step
@@ -146,7 +158,10 @@ class Checkpoints(Checkpoint):
             if validates_after_batch(trainer):
                 self._after_validation = step
             else:
-                self.save(trainer)
+                self.save(trainer, staged=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.publish(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._after_validation == trainer.global_step and not trainer.sanity_checking:
@@ -154,14 +169,45 @@ class Checkpoints(Checkpoint):
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self.publish(trainer)
         if self.enabled:
             self.save(trainer)
 
-    def save(self, trainer) -> None:
-        """Every rank calls it (FSDP gathers the weights); the global-zero rank writes."""
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.publish(trainer)  # the step's rows are written: a SIGTERM stops the run at the next batch
+
+    def save(self, trainer, *, staged: bool = False) -> None:
+        """Every rank calls it (FSDP gathers the weights); the global-zero rank writes. ``staged``:
+        renamed into place by ``publish``, later."""
+        self.publish(trainer)
         path = self.dirpath / f"step{trainer.global_step:06d}.ckpt"
-        trainer.save_checkpoint(path, weights_only=False)  # the whole training state, not the weights only
+        io = trainer.strategy.checkpoint_io
+        stages = staged and isinstance(io, AtomicCheckpointIO)
+        if stages:
+            io.staging, io.staged = True, None
+        try:
+            trainer.save_checkpoint(path, weights_only=False)  # the whole training state, not the weights only
+        finally:
+            if stages:
+                io.staging = False
         self._saved_step = trainer.global_step
+        fault_point("checkpoint_saved")  # test hook: killed with the checkpoint saved, its step's rows not yet logged
+        if stages and io.staged is not None:  # the global-zero rank, where the strategy writes through the IO
+            self._staged, io.staged = io.staged, None
+            return
+        self._link(trainer, path)
+
+    def publish(self, trainer) -> None:
+        """Rename a staged checkpoint into place."""
+        if self._staged is None:
+            return
+        tmp, path = self._staged
+        self._staged = None
+        os.replace(tmp, path)
+        self._link(trainer, path)
+
+    def _link(self, trainer, path: Path) -> None:
+        """``last.ckpt`` -> ``path``, and only the newest ``keep`` checkpoints kept."""
         if trainer.is_global_zero:
             link = tmp_path(self.dirpath / "last.ckpt")
             link.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ itself, without any clean-up, when it reaches that point. Tests use it to check 
 run (``resume=auto``) loses nothing, whatever the moment it died. The points:
 
 - ``checkpoint_write``: a checkpoint's temporary file is written but not yet renamed into place
+- ``checkpoint_saved``: a checkpoint is saved; the rows its step logs after it are not written yet
 - ``after_final_checkpoint``: training is over and its last checkpoint saved; nothing exported
 - ``after_export``: the model is exported; ``summary.json`` is not written yet
 - ``reference_precompute``: DPO is scoring the data with its reference model (one batch done)

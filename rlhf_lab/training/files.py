@@ -50,10 +50,12 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Any], None], *, rename: bool = True) -> Path:
     """``write(file)`` into a temporary file beside ``path``, then rename it to ``path``: readers
     (and a resumed run) find the old file or the new one, never a torn one. On failure the
-    temporary file is removed and the old file stays; a full disk raises ``StorageFull``."""
+    temporary file is removed and the old file stays; a full disk raises ``StorageFull``.
+    ``rename=False``: the caller renames the returned temporary file into place itself, later (a
+    killed process leaves it as a stale temporary file). Returns where the file now is."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
@@ -62,7 +64,10 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
         with open(tmp, "wb", buffering=0) as raw:
             out = _WriteAll(raw)
             write(out)
+        if not rename:
+            return tmp
         os.replace(tmp, path)
+        return path
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         cause = out.error if out is not None and out.error is not None else exc
