@@ -70,22 +70,29 @@ class RankSampler(Sampler[int]):
 
 class ResumableLoader(DataLoader):
     """A DataLoader whose place in the epoch goes into Lightning checkpoints (``state_dict`` /
-    ``load_state_dict``), so a resumed run continues with the next batch, not the epoch's start."""
+    ``load_state_dict``), so a resumed run continues with the next batch, not the epoch's start.
+
+    ``batches_done`` counts the batches of epoch ``epoch`` handed out. Lightning stops taking
+    batches once it has the epoch's length, so the iterator never runs to its end: the count
+    starts again when Lightning moves the sampler to another epoch, or after a whole epoch (it
+    used to wait for the iterator's end, and every other epoch came out empty; a run resumed at an
+    epoch's last batch then drew other data than the uninterrupted run)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.batches_done = 0
+        self.epoch, self.batches_done = 0, 0
 
     def __iter__(self):
+        if self.sampler.epoch != self.epoch or self.batches_done >= len(self):
+            self.epoch, self.batches_done = self.sampler.epoch, 0
         self.sampler.start = self.batches_done * self.batch_size
         for batch in super().__iter__():
             self.batches_done += 1
             yield batch
-        self.batches_done = 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done}
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.epoch = state["epoch"]
+        self.sampler.epoch = self.epoch = state["epoch"]
         self.batches_done = state["batches_done"]

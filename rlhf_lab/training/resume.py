@@ -149,6 +149,17 @@ class RunState(Callback):
             "log": {"csv_rows": csv[0].rows_written if csv and trainer.is_global_zero else None, "log_step": trainer.fit_loop.epoch_loop._batches_that_stepped},
         }
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Lightning, resumed from a checkpoint of an epoch's last batch, ends that epoch and runs
+        the next without counting it as started (its restart stage skips the count), so every
+        later checkpoint says the epoch in progress has not begun, and a run resumed from one of
+        them runs that epoch's data again. An epoch under way has started one more epoch than it
+        has processed: the missing count is added here."""
+        epochs = trainer.fit_loop.epoch_progress
+        if epochs.current.started == epochs.current.processed:
+            epochs.increment_ready()
+            epochs.increment_started()
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         rng = checkpoint.get("rng")
         if rng:

@@ -120,6 +120,22 @@ def test_sigkill_at_random_moments_then_requeue_is_exact(reference, tmp_path):
     assert_same_run(run_dir, full)
 
 
+def test_a_checkpoint_written_by_a_resumed_run_resumes_exactly(cli, reference):
+    """Killed at step 12's write, the run resumes from step 6 (the end of epoch 0); killed again at
+    step 20's write, it resumes from step 18, written by the resumed run. Lightning's count of
+    epochs started was one short after the first resume, so the second ran epoch 2's data again."""
+    full = reference("sft")
+    first = cli(*RUN, "resume=auto", env={"RLHF_LAB_FAULT": "checkpoint_write:2"})
+    assert first.returncode == -signal.SIGKILL, first.output
+    second = cli(*RUN, "resume=auto", f"hydra.run.dir={first.run_dir}", env={"RLHF_LAB_FAULT": "checkpoint_write:3"})
+    assert second.returncode == -signal.SIGKILL, second.output
+    assert sorted(p.name for p in (first.run_dir / "checkpoints").glob("step*.ckpt")) == ["step000012.ckpt", "step000018.ckpt"]
+    final = cli(*RUN, "resume=auto", f"hydra.run.dir={first.run_dir}")
+    assert final.returncode == 0, final.output
+    assert f"resuming from {first.run_dir / 'checkpoints' / 'step000018.ckpt'}" in final.output
+    assert_same_run(first.run_dir, full)
+
+
 def test_sigterm_saves_exits_143_and_resume_continues_the_same_wandb_run(cli, reference):
     stopped = cli(*RUN, "logger=wandb", "+callbacks.stop._target_=tests.helpers.SignalAt", "+callbacks.stop.step=8",
                   "+callbacks.stop.signal_name=SIGTERM")
