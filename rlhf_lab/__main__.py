@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rlhf_lab.errors import Preempted, RlhfLabError
-from rlhf_lab.lab.pipeline import STANDBY_ENV, wait_for_turn
+from rlhf_lab.lab.pipeline import STANDBY_ENV, follow_pipeline, wait_for_turn
 from rlhf_lab.plugins import DISABLE_ENV, KIND_GROUPS, PluginHost, disabled_from_argv, load_plugins
 
 _PKG = Path(__file__).resolve().parent
@@ -169,6 +169,7 @@ def report(exc: RlhfLabError, where: str = "") -> None:
 
 
 def main() -> None:
+    follow_pipeline()  # a pipeline's stage: stopped (SIGTERM) when the pipeline ends
     if os.environ.pop(STANDBY_ENV, None):  # a pipeline's stage, started ahead of its turn
         wait_for_turn()
     started = time.perf_counter()

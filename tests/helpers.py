@@ -8,15 +8,17 @@ import torch
 
 
 class SignalAt(L.Callback):
-    """Send a real signal to this process when training reaches ``step`` (SIGKILL: no clean-up at all)."""
+    """Send a real signal to this process (``to=parent``: to the process that started it, a
+    pipeline) when training reaches ``step`` (SIGKILL: no clean-up at all)."""
 
-    def __init__(self, step: int, signal_name: str):
+    def __init__(self, step: int, signal_name: str, to: str = "self"):
         self.step = step
         self.signum = getattr(signal, signal_name)
+        self.pid = {"self": os.getpid, "parent": os.getppid}[to]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signum)
+            os.kill(self.pid(), self.signum)
 
 
 class PoisonWeightsAt(L.Callback):

@@ -15,6 +15,12 @@ run, on the cores they leave idle (see ``wait_for_turn``), then waits for a line
 "go" to start or end-of-file to exit without running. It is otherwise the same process, with the
 same command line, as a stage started when its turn comes.
 
+SIGTERM to the pipeline (a scheduler's preemption, a container's stop, ``kill``) reaches its
+running stages, which save a checkpoint and exit, and the pipeline exits 143 once they have. A
+pipeline that dies at once (SIGKILL) takes its stages with it: each stage asks the kernel for
+SIGTERM when the pipeline's process ends (Linux, ``follow_pipeline``), so none is left behind
+training and holding its run directory while the job is requeued.
+
 A stage with a ``summary.json`` is done and skipped: a re-run of the pipeline (``resume=auto
 hydra.run.dir=<pipeline dir>``) continues from the first unfinished stage, which itself continues
 from its newest checkpoint. A failed stage stops the pipeline. A stage's command line is
@@ -28,9 +34,11 @@ from its newest checkpoint. A failed stage stops the pipeline. A stage's command
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -41,12 +49,14 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.errors import Preempted, RlhfLabError
 
 log = logging.getLogger(__name__)
 
 
 STANDBY_ENV = "RLHF_LAB_STANDBY"
+PIPELINE_ENV = "RLHF_LAB_PIPELINE_PID"  # in a stage's environment: the pipeline's process id
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class StageFailed(RlhfLabError):
@@ -79,6 +89,22 @@ def stage_env(jobs: int) -> dict | None:
     return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
 
 
+def follow_pipeline() -> None:
+    """In a pipeline's stage: have the kernel send this process SIGTERM when the pipeline's process
+    ends (Linux's parent-death signal), the signal a preempted job gets, so that a stage training
+    saves a checkpoint and exits instead of training on alone, holding its run directory, after
+    its pipeline was killed. Elsewhere, a no-op."""
+    pipeline = os.environ.pop(PIPELINE_ENV, None)
+    if pipeline is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl: the stage outlives its pipeline as any process would
+        return
+    if os.getppid() != int(pipeline):  # the pipeline ended before the request: it would never come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def wait_for_turn() -> None:
     """In a stage started on standby: import the training stack, then wait for the pipeline to say
     "go"; exit quietly if it closes the pipe instead (an earlier stage failed, or it was stopped).
@@ -108,8 +134,11 @@ def wait_for_turn() -> None:
     loader.join()  # its turn: the core of the stage it follows is free for the rest of the imports
 
 
-def start_on_standby(command: list[str], env: dict | None) -> subprocess.Popen:
-    return subprocess.Popen(command, env={**(env or os.environ), STANDBY_ENV: "1"}, stdin=subprocess.PIPE, text=True)
+def start(command: list[str], env: dict | None, standby: bool = False) -> subprocess.Popen:
+    """A stage's process, told the pipeline's process id (``follow_pipeline``); on standby, it waits
+    for "go" on its stdin (``wait_for_turn``)."""
+    env = {**(env or os.environ), PIPELINE_ENV: str(os.getpid()), **({STANDBY_ENV: "1"} if standby else {})}
+    return subprocess.Popen(command, env=env, stdin=subprocess.PIPE if standby else None, text=True)
 
 
 def go(process: subprocess.Popen) -> None:
@@ -138,9 +167,17 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     running: dict[str, subprocess.Popen] = {}
     standby: dict[str, subprocess.Popen] = {}  # the next `jobs` stages, started ahead of their turn
     failed: list[str] = []
+    stopped: list[str] = []  # the stages running when a SIGTERM came
+
+    def stop(signum, frame) -> None:  # passed on to the running stages; no stage starts after it
+        stopped.extend(name for name in running if name not in stopped)
+        for process in running.values():
+            process.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
     try:
         while pending or running:
-            ready = [name for name in pending if reads(cfg, name) <= done] if not failed else []
+            ready = [name for name in pending if reads(cfg, name) <= done] if not (failed or stopped) else []
             for name in ready[: jobs - len(running)]:
                 init = cfg.pipeline.stages[name].init
                 if init and not (run_dir / init / "model").is_dir():
@@ -151,14 +188,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
                     running[name] = standby.pop(name)
                     go(running[name])
                 else:
-                    running[name] = subprocess.Popen(command, env=env)
+                    running[name] = start(command, env)
                 pending.remove(name)
             if not running:
-                if failed:
+                if failed or stopped:
                     break
                 raise StageFailed(f"pipeline {cfg.pipeline.name}: stages {pending} read stages that never run: {sorted(set().union(*(reads(cfg, n) for n in pending)) - done)}.")
-            for name in [n for n in pending if n not in standby][: jobs - len(standby)] if not failed else []:
-                standby[name] = start_on_standby(stage_command(cfg, run_dir, name, group, cli_overrides), env)
+            for name in [n for n in pending if n not in standby][: jobs - len(standby)] if not (failed or stopped) else []:
+                standby[name] = start(stage_command(cfg, run_dir, name, group, cli_overrides), env, standby=True)
             finished = [name for name, process in running.items() if process.poll() is not None]
             for name in finished:
                 (done.add if running.pop(name).returncode == 0 else failed.append)(name)
@@ -169,6 +206,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
             process.stdin.close()
         for process in standby.values():
             process.wait()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if stopped:
+        raise Preempted(
+            f"pipeline {cfg.pipeline.name}: SIGTERM: stopped stage(s) {stopped} (a stage that had begun training saved a checkpoint). "
+            f"Continue with: python -m rlhf_lab <same overrides> resume=auto hydra.run.dir={run_dir}"
+        )
     if failed:
         raise StageFailed(
             f"pipeline {cfg.pipeline.name}: stage '{failed[0]}' failed (output above; its run dir: {run_dir / failed[0]}). "

@@ -4,8 +4,11 @@ and at tiny sizes, a failing stage stops the pipeline and a re-run resumes from 
 import json
 import math
 import os
+import signal
+import time
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from rlhf_lab.training.faults import FAULT_ENV
@@ -75,3 +78,41 @@ def test_compare_trains_an_ensemble_stops_on_a_held_out_reward_and_draws_best_of
     curve = [json.loads(line) for line in (run / "bon" / "world_eval.jsonl").read_text().splitlines()]
     assert [c["n"] for c in curve] == [1, 2, 4] and curve[2]["kl"] == pytest.approx(math.log(4) - 3 / 4)
     assert result.summary["stages"] == ["sft", "rm", "rm2", "rm3", "bon", "ppo_ensemble_min", "ppo_heldout"]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_pipeline_stopped_or_killed_leaves_no_stage_behind_and_a_requeue_continues(cli, signal_name):
+    """SIGTERM to the pipeline reaches its running stage, which saves a checkpoint; the pipeline
+    exits 143 after it. SIGKILL (a container's stop, ``kill -9``) cannot be passed on: the stage
+    gets SIGTERM from the kernel when its pipeline dies. Either way no stage trains on alone,
+    holding its run directory, and the requeued pipeline continues from the checkpoint."""
+    from rlhf_lab.training.rundir import RunDirBusy, RunLock
+
+    run = ("pipeline=dpo", *TINY, "trainer.max_steps=6")
+    stop = ("+callbacks.stop._target_=tests.helpers.SignalAt", "+callbacks.stop.step=3", f"+callbacks.stop.signal_name={signal_name}",
+            "+callbacks.stop.to=parent")  # fmt: skip
+    stopped = cli(*run, *stop, timeout=300)
+    sft = stopped.run_dir / "sft"
+    if signal_name == "SIGTERM":
+        assert stopped.returncode == 143, stopped.output
+        assert "SIGTERM: stopped stage(s) ['sft']" in stopped.stderr and "resume=auto" in stopped.stderr
+        RunLock.take(sft)  # the stage has exited: its run directory is free at once
+        RunLock.release(sft)
+    else:
+        assert stopped.returncode == -signal.SIGKILL
+        for _ in range(600):  # the stage saves its checkpoint and exits on its own
+            try:
+                RunLock.take(sft)
+                break
+            except RunDirBusy:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the sft stage still runs a minute after its pipeline was killed")
+        RunLock.release(sft)
+    assert torch.load(sft / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4  # saved after the step under way
+    assert not (sft / "summary.json").exists() and not (stopped.run_dir / "dpo").exists()
+    resumed = cli(*run, "resume=auto", "resume_allow_changes=[callbacks]", f"hydra.run.dir={stopped.run_dir}")
+    assert resumed.returncode == 0, resumed.output
+    assert f"resuming from {sft / 'checkpoints'}" in resumed.output
+    assert json.loads((sft / "summary.json").read_text())["global_step"] == 6
+    assert json.loads((stopped.run_dir / "dpo" / "summary.json").read_text())["objective"] == "dpo"
