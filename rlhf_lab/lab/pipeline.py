@@ -167,10 +167,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     running: dict[str, subprocess.Popen] = {}
     standby: dict[str, subprocess.Popen] = {}  # the next `jobs` stages, started ahead of their turn
     failed: list[str] = []
-    stopped: list[str] = []  # the stages running when a SIGTERM came
+    stopped: dict[str, None] = {}  # once a SIGTERM came: the stages it stopped (maybe none, between two stages)
 
     def stop(signum, frame) -> None:  # passed on to the running stages; no stage starts after it
-        stopped.extend(name for name in running if name not in stopped)
+        stopped.update(dict.fromkeys(running))
+        stopped.setdefault("", None)
         for process in running.values():
             process.send_signal(signum)
 
@@ -194,6 +195,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
                 if failed or stopped:
                     break
                 raise StageFailed(f"pipeline {cfg.pipeline.name}: stages {pending} read stages that never run: {sorted(set().union(*(reads(cfg, n) for n in pending)) - done)}.")
+            for name, process in running.items() if stopped else ():  # one started as the SIGTERM came
+                if name not in stopped:
+                    process.send_signal(signal.SIGTERM)
+                    stopped[name] = None
             for name in [n for n in pending if n not in standby][: jobs - len(standby)] if not (failed or stopped) else []:
                 standby[name] = start(stage_command(cfg, run_dir, name, group, cli_overrides), env, standby=True)
             finished = [name for name, process in running.items() if process.poll() is not None]
@@ -208,9 +213,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
             process.wait()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    if stopped:
+    if stopped and (pending or failed):  # (a SIGTERM after the last stage ended stops nothing)
         raise Preempted(
-            f"pipeline {cfg.pipeline.name}: SIGTERM: stopped stage(s) {stopped} (a stage that had begun training saved a checkpoint). "
+            f"pipeline {cfg.pipeline.name}: SIGTERM: stopped stage(s) {[name for name in stopped if name]} (a stage that had begun "
+            f"training saved a checkpoint). "
             f"Continue with: python -m rlhf_lab <same overrides> resume=auto hydra.run.dir={run_dir}"
         )
     if failed:
