@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import lightning as L
 import torch
@@ -9,16 +10,18 @@ import torch
 
 class SignalAt(L.Callback):
     """Send a real signal to this process (``to=parent``: to the process that started it, a
-    pipeline) when training reaches ``step`` (SIGKILL: no clean-up at all)."""
+    pipeline) when training reaches ``step`` (SIGKILL: no clean-up at all), then wait ``wait``
+    seconds (for what the signal sets off in another process to come back)."""
 
-    def __init__(self, step: int, signal_name: str, to: str = "self"):
-        self.step = step
+    def __init__(self, step: int, signal_name: str, to: str = "self", wait: float = 0.0):
+        self.step, self.wait = step, wait
         self.signum = getattr(signal, signal_name)
         self.pid = {"self": os.getpid, "parent": os.getppid}[to]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
             os.kill(self.pid(), self.signum)
+            time.sleep(self.wait)
 
 
 class PoisonWeightsAt(L.Callback):

@@ -167,18 +167,24 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     running: dict[str, subprocess.Popen] = {}
     standby: dict[str, subprocess.Popen] = {}  # the next `jobs` stages, started ahead of their turn
     failed: list[str] = []
-    stopped: dict[str, None] = {}  # once a SIGTERM came: the stages it stopped (maybe none, between two stages)
+    terminated: list[int] = []  # a SIGTERM came: passed on to the running stages, and no stage starts after it
+    stopped: list[str] = []  # the stages it was passed on to
 
-    def stop(signum, frame) -> None:  # passed on to the running stages; no stage starts after it
-        stopped.update(dict.fromkeys(running))
-        stopped.setdefault("", None)
-        for process in running.values():
-            process.send_signal(signum)
+    def pass_on() -> None:
+        for name, process in list(running.items()) if terminated else ():
+            if name not in stopped:
+                process.send_signal(signal.SIGTERM)
+                stopped.append(name)
 
-    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+    def on_sigterm(signum, frame) -> None:
+        terminated.append(signum)
+        pass_on()
+
+    on_main_thread = threading.current_thread() is threading.main_thread()  # the only one that can take a signal handler
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if on_main_thread else None
     try:
         while pending or running:
-            ready = [name for name in pending if reads(cfg, name) <= done] if not (failed or stopped) else []
+            ready = [name for name in pending if reads(cfg, name) <= done] if not (failed or terminated) else []
             for name in ready[: jobs - len(running)]:
                 init = cfg.pipeline.stages[name].init
                 if init and not (run_dir / init / "model").is_dir():
@@ -192,14 +198,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
                     running[name] = start(command, env)
                 pending.remove(name)
             if not running:
-                if failed or stopped:
+                if failed or terminated:
                     break
                 raise StageFailed(f"pipeline {cfg.pipeline.name}: stages {pending} read stages that never run: {sorted(set().union(*(reads(cfg, n) for n in pending)) - done)}.")
-            for name, process in running.items() if stopped else ():  # one started as the SIGTERM came
-                if name not in stopped:
-                    process.send_signal(signal.SIGTERM)
-                    stopped[name] = None
-            for name in [n for n in pending if n not in standby][: jobs - len(standby)] if not (failed or stopped) else []:
+            pass_on()  # to a stage started as the signal came
+            for name in [n for n in pending if n not in standby][: jobs - len(standby)] if not (failed or terminated) else []:
                 standby[name] = start(stage_command(cfg, run_dir, name, group, cli_overrides), env, standby=True)
             finished = [name for name, process in running.items() if process.poll() is not None]
             for name in finished:
@@ -211,12 +214,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
             process.stdin.close()
         for process in standby.values():
             process.wait()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if stopped and (pending or failed):  # (a SIGTERM after the last stage ended stops nothing)
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    if terminated and (pending or failed):  # (a SIGTERM after the last stage ended stops nothing)
         raise Preempted(
-            f"pipeline {cfg.pipeline.name}: SIGTERM: stopped stage(s) {[name for name in stopped if name]} (a stage that had begun "
-            f"training saved a checkpoint). "
+            f"pipeline {cfg.pipeline.name}: SIGTERM: stopped stage(s) {stopped} (a stage that had begun training saved a checkpoint). "
             f"Continue with: python -m rlhf_lab <same overrides> resume=auto hydra.run.dir={run_dir}"
         )
     if failed:

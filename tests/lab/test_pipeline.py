@@ -90,7 +90,7 @@ def test_a_pipeline_stopped_or_killed_leaves_no_stage_behind_and_a_requeue_conti
 
     run = ("pipeline=dpo", *TINY, "trainer.max_steps=6")
     stop = ("+callbacks.stop._target_=tests.helpers.SignalAt", "+callbacks.stop.step=3", f"+callbacks.stop.signal_name={signal_name}",
-            "+callbacks.stop.to=parent")  # fmt: skip
+            "+callbacks.stop.to=parent", "+callbacks.stop.wait=2")  # fmt: skip
     stopped = cli(*run, *stop, timeout=300)
     sft = stopped.run_dir / "sft"
     if signal_name == "SIGTERM":
