@@ -50,7 +50,6 @@ def assert_same_run(run_dir, reference_dir):
     a, b = load_file(run_dir / "model" / "model.safetensors"), load_file(reference_dir / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
     assert without_timings(run_dir / "metrics.csv") == without_timings(reference_dir / "metrics.csv")
-    assert len((run_dir / "metrics.csv").read_text().splitlines()) == len((reference_dir / "metrics.csv").read_text().splitlines())
     resumed, full = (json.loads((d / "summary.json").read_text()) for d in (run_dir, reference_dir))
     assert resumed.keys() == full.keys()
     assert {k: v for k, v in resumed.items() if not timing(k)} == {k: v for k, v in full.items() if not timing(k)}
